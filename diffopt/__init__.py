@@ -1,0 +1,1 @@
+"""diffopt: exact, MPI-parallel optimisation of differentiable JAX models."""
