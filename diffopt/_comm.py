@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+import zlib
 from typing import Any
 
 import jax
@@ -373,3 +374,17 @@ def install_abort_on_error() -> None:
 
     sys.excepthook = hook
     _ABORT_HOOK_INSTALLED = True
+
+
+def check_replicated(value: np.ndarray, name: str, comm: Any = None) -> None:
+    """Raise ``ValueError`` on every rank unless ``value`` is identical on all ranks."""
+    comm = default_comm(comm)
+    if comm.size == 1:
+        return
+    digest = zlib.crc32(np.ascontiguousarray(value).tobytes())
+    lo, hi = comm.allreduce(digest, op=MPI.MIN), comm.allreduce(digest, op=MPI.MAX)
+    if lo != hi:
+        raise ValueError(
+            f"{name} differs between MPI ranks (rank {comm.rank} has {value}); replicated "
+            "values such as parameters must be identical on every rank"
+        )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import TESTS, mpi_env, run_mpi
+from conftest import TESTS, mpi_env
 
 pytestmark = pytest.mark.mpi
 
@@ -20,7 +20,7 @@ def env(tmp_path_factory):
 
 
 @pytest.mark.parametrize("nranks", [1, 2, 3])
-def test_split_sample_matches_single_process(nranks, env):
+def test_split_sample_matches_single_process(nranks, env, mpirun):
     args = ["--hessian"] if nranks == 3 else []
-    proc = run_mpi(SCRIPT, nranks, *args, env=env, timeout=240)
+    proc = mpirun(SCRIPT, nranks, *args, env=env, timeout=240)
     assert f"kdescent split over {nranks} rank(s): OK" in proc.stdout

@@ -174,8 +174,7 @@ def _chunked_sum(
     are None, the caller passes weights so that the padding has zero weight.
     """
     n = next(a.shape[0] for a in per_point if a is not None)
-    chunk_size = int(max(1, min(chunk_size, n)))
-    num_chunks = -(-n // chunk_size)
+    num_chunks, chunk_size = _chunking(n, chunk_size)
     if num_chunks <= 1:  # includes n == 0: sums over no points are zeros
         return body(*per_point, consts)
 
@@ -202,12 +201,19 @@ def _chunked_sum(
     return acc
 
 
+def _chunking(n: int, chunk_size: int) -> tuple[int, int]:
+    """``(num_chunks, chunk)`` covering ``n`` points with chunks of at most
+    ``chunk_size``, balanced so that padding is under one row per chunk."""
+    num_chunks = -(-n // max(1, int(chunk_size)))
+    return num_chunks, (-(-n // num_chunks) if num_chunks else 0)
+
+
 def _pad_weights(weights: Array | None, x: Array, chunk_size: int) -> Array | None:
     # Zero-weight padding needs explicit weights; only build them when the
     # last chunk is partial.
     n = x.shape[0]
-    chunk = max(1, min(chunk_size, n))
-    if weights is None and n % chunk:
+    num_chunks, chunk = _chunking(n, chunk_size)
+    if weights is None and num_chunks * chunk != n:
         return jnp.ones(n, x.dtype)
     return weights
 

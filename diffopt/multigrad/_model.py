@@ -135,6 +135,21 @@ class OnePointModel(FitMethods):
             return _comm.sum_over_ranks(sumstats, self.comm), aux
         return _comm.sum_over_ranks(out, self.comm)
 
+    def calc_sumstats_and_loss_from_params(self, params: PyTree, randkey: Any = None) -> tuple:
+        """Return ``(sumstats, loss)``: the total sumstats and the loss at ``params``."""
+        randkey = as_key(randkey)
+        out = self.calc_sumstats_from_params(params, randkey=randkey)
+        args = out if self.sumstats_func_has_aux else (out,)
+        result = self.calc_loss_from_sumstats(*args, **key_kwargs(randkey))
+        loss = result[0] if self.loss_func_has_aux else result
+        if jnp.shape(loss) != ():
+            raise TypeError(
+                "calc_loss_from_sumstats must return a scalar loss"
+                + (" (as the first element of (loss, aux))" if self.loss_func_has_aux else "")
+                + f"; got shape {jnp.shape(loss)}"
+            )
+        return args[0], result
+
     def calc_loss_from_params(self, params: PyTree, randkey: Any = None) -> Any:
         """Calculate the loss evaluated at a given set of parameters.
 
@@ -152,18 +167,7 @@ class OnePointModel(FitMethods):
             The loss evaluated at the parameters given (``(loss, aux)`` if
             ``loss_func_has_aux``).
         """
-        randkey = as_key(randkey)
-        out = self.calc_sumstats_from_params(params, randkey=randkey)
-        args = out if self.sumstats_func_has_aux else (out,)
-        result = self.calc_loss_from_sumstats(*args, **key_kwargs(randkey))
-        loss = result[0] if self.loss_func_has_aux else result
-        if jnp.shape(loss) != ():
-            raise TypeError(
-                "calc_loss_from_sumstats must return a scalar loss"
-                + (" (as the first element of (loss, aux))" if self.loss_func_has_aux else "")
-                + f"; got shape {jnp.shape(loss)}"
-            )
-        return result
+        return self.calc_sumstats_and_loss_from_params(params, randkey)[1]
 
     def calc_dloss_dparams(self, params: PyTree, randkey: Any = None) -> PyTree:
         """Calculate the gradient of the loss w.r.t. model parameters.

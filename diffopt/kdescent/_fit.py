@@ -1,0 +1,156 @@
+"""``kdescent.adam`` and ``kdescent.bfgs``: thin conveniences over :mod:`diffopt.optim`."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import optax
+from jaxtyping import Array, PyTree
+from scipy.optimize import OptimizeResult
+
+from .. import optim
+from ..optim._checks import check_positive
+
+__all__ = ["adam", "bfgs"]
+
+
+class _LossAndGrad(eqx.Module):
+    """``(params, randkey) -> (loss, grad)`` for a user's ``lossfunc``.
+
+    A Module rather than a closure: it hashes by the loss function and its
+    static settings, so a second fit of the same loss reuses the compiled loop.
+    """
+
+    lossfunc: Callable = eqx.field(static=True)
+    with_key: bool = eqx.field(static=True)
+    kwargs: dict
+
+    def __call__(self, params, randkey):
+        args = (randkey,) if self.with_key else ()
+        return jax.value_and_grad(self.lossfunc)(params, *args, **self.kwargs)
+
+
+@functools.lru_cache(maxsize=32)
+def _adam(learning_rate: float) -> optax.GradientTransformation:
+    # One optimiser object per learning rate, for the same reason as above.
+    return optax.adam(learning_rate)
+
+
+def adam(
+    lossfunc: Callable,
+    guess: PyTree,
+    nsteps: int = 100,
+    param_bounds: Any = None,
+    learning_rate: float = 0.01,
+    randkey: Any = 1,
+    const_randkey: bool = False,
+    thin: int = 1,
+    progress: bool = True,
+    *,
+    optimizer: optax.GradientTransformation | None = None,
+    **other_kwargs: Any,
+) -> tuple[PyTree, Array]:
+    """Minimise ``lossfunc`` with adam (or any optax optimiser), in one compiled loop.
+
+    Parameters
+    ----------
+    lossfunc : callable
+        ``lossfunc(params, randkey, **other_kwargs) -> loss`` (without
+        ``randkey`` when ``randkey=None``), differentiable with JAX.
+    guess : array (or pytree of arrays)
+        Initial parameters.
+    nsteps : int (default 100)
+        Number of steps.
+    param_bounds : sequence, optional
+        ``(lower, upper)`` for each parameter, ``None`` (or +-inf) for an open
+        side, or ``None`` for an unbounded parameter. Bounded parameters are
+        optimised through a smooth change of variables.
+    learning_rate : float (default 0.01)
+        Adam's learning rate (ignored when ``optimizer`` is given).
+    randkey : int or PRNG key (default 1)
+        Step ``t`` receives ``jax.random.fold_in(key, t)``: fresh kernels
+        every step, the same on every MPI rank. ``None`` calls ``lossfunc``
+        without a key.
+    const_randkey : bool (default False)
+        Pass the same key at every step instead.
+    thin : int (default 1)
+        Return every ``thin``-th step only (the final parameters always).
+    progress : bool (default True)
+        Show a progress bar (on rank 0).
+    optimizer : optax.GradientTransformation, optional
+        Any optax optimiser to use instead of ``optax.adam(learning_rate)``.
+    **other_kwargs
+        Passed on to ``lossfunc`` at every step.
+
+    Returns
+    -------
+    params : array (or pytree)
+        Parameters at every step, stacked: the guess first, the final
+        parameters last (``nsteps + 1`` rows before thinning).
+    losses : array
+        Loss at each step's parameters (``nsteps`` values before thinning).
+    """
+    if optimizer is None:
+        optimizer = _adam(check_positive("learning_rate", learning_rate))
+    result = optim.fit(
+        _LossAndGrad(lossfunc, randkey is not None, other_kwargs), guess, optimizer, nsteps,
+        param_bounds=param_bounds, randkey=randkey, const_randkey=const_randkey, thin=thin,
+        progress=progress, desc="Adam Gradient Descent Progress",
+    )
+    return result.params, result.losses
+
+
+def bfgs(
+    lossfunc: Callable,
+    guess: PyTree,
+    maxsteps: int = 100,
+    param_bounds: Any = None,
+    randkey: Any = None,
+    thin: int = 1,
+    progress: bool = True,
+    **other_kwargs: Any,
+) -> tuple[PyTree, Array, OptimizeResult]:
+    """Minimise ``lossfunc`` with SciPy's L-BFGS-B, gradients from JAX.
+
+    BFGS needs a deterministic loss: ``randkey`` (if given) is passed
+    unchanged at every call, so the kernels stay fixed.
+
+    Parameters
+    ----------
+    lossfunc : callable
+        ``lossfunc(params, randkey, **other_kwargs) -> loss`` (without
+        ``randkey`` when it is None).
+    guess : array (or pytree of arrays)
+        Initial parameters.
+    maxsteps : int (default 100)
+        Maximum number of iterations.
+    param_bounds : sequence, optional
+        ``(lower, upper)`` per parameter, as for :func:`adam` (handed to
+        L-BFGS-B as box constraints).
+    randkey : int or PRNG key, optional
+        Key passed to ``lossfunc`` at every call.
+    thin : int (default 1)
+        Return every ``thin``-th iteration only.
+    progress : bool (default True)
+        Show a progress bar (on rank 0).
+    **other_kwargs
+        Passed on to ``lossfunc``.
+
+    Returns
+    -------
+    params : array (or pytree)
+        Parameters after each iteration, the guess first.
+    losses : array
+        Loss at each of those parameters.
+    result : scipy.optimize.OptimizeResult
+        SciPy's result.
+    """
+    return optim.scipy_bfgs(
+        _LossAndGrad(lossfunc, randkey is not None, other_kwargs), guess, maxsteps,
+        param_bounds=param_bounds, randkey=randkey, thin=thin, progress=progress,
+        desc="BFGS Gradient Descent Progress",
+    )

@@ -1,0 +1,223 @@
+"""The seed's ``run_*`` methods, thin conveniences over :mod:`diffopt.optim`."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import equinox as eqx
+import jax
+import numpy as np
+import optax
+from jaxtyping import PyTree
+
+from .. import _comm, optim
+from ..optim._checks import check_positive
+
+
+class GradientDescentResult(NamedTuple):
+    """History of :meth:`run_simple_grad_descent`.
+
+    Attributes
+    ----------
+    loss : array
+        Loss at each iteration.
+    params : array
+        Trial parameters at each iteration (the final parameters last).
+    aux : Any
+        Aux values returned at each iteration (``loss_func_has_aux``), else None.
+    """
+
+    loss: jax.Array
+    params: PyTree
+    aux: Any
+
+
+class FitMethods(eqx.Module):
+    """Optimisers for anything with ``calc_loss_and_grad_from_params`` and ``fit_comm``."""
+
+    def _loss_and_grad(self, params, randkey):
+        return self.calc_loss_and_grad_from_params(params, randkey=randkey)
+
+    def _loss_and_grad_no_aux(self, params, randkey):
+        (loss, _), grad = self.calc_loss_and_grad_from_params(params, randkey=randkey)
+        return loss, grad
+
+    def _plain_loss_and_grad(self):
+        has_aux = getattr(self, "loss_func_has_aux", False)
+        return self._loss_and_grad_no_aux if has_aux else self._loss_and_grad
+
+    def run_simple_grad_descent(
+        self, guess: PyTree, nsteps: int = 100, learning_rate: float = 0.01, **kwargs
+    ) -> GradientDescentResult:
+        """Descend the gradient with a fixed learning rate, given an initial guess.
+
+        Stochasticity is not allowed.
+
+        Parameters
+        ----------
+        guess : array-like
+            The starting parameters.
+        nsteps : int (default=100)
+            The number of steps to take.
+        learning_rate : float (default=0.01)
+            The fixed learning rate.
+        **kwargs
+            Passed to :func:`diffopt.optim.fit` (``progress``, ``thin``, ...).
+
+        Returns
+        -------
+        GradientDescentResult
+            ``loss``, ``params`` and ``aux`` at each iteration.
+        """
+        learning_rate = check_positive("learning_rate", learning_rate)
+        has_aux = getattr(self, "loss_func_has_aux", False)
+        kwargs.setdefault("desc", "Simple Gradient Descent Progress")
+        result = optim.fit(
+            self._loss_and_grad, guess, optax.sgd(learning_rate), nsteps,
+            has_aux=has_aux, comm=self.fit_comm, **kwargs,
+        )
+        return GradientDescentResult(result.losses, result.params, result.aux)
+
+    def run_adam(
+        self,
+        guess: PyTree,
+        nsteps: int = 100,
+        param_bounds: Any = None,
+        learning_rate: float = 0.01,
+        randkey: Any = None,
+        const_randkey: bool = False,
+        comm: Any = None,
+        *,
+        optimizer: optax.GradientTransformation | None = None,
+        thin: int = 1,
+        progress: bool = True,
+        checkpoint: str | None = None,
+        checkpoint_every: int = 100,
+    ) -> PyTree:
+        """Run adam (or any optax optimiser) to optimise the parameters.
+
+        The whole loop is compiled. Stochasticity is allowed if randkey is passed.
+
+        Parameters
+        ----------
+        guess : array-like
+            The starting parameters.
+        nsteps : int (default=100)
+            The number of steps to take.
+        param_bounds : Sequence, optional
+            Lower and upper bounds of each parameter of "shape" (ndim, 2).
+            Pass None as the bound for each unbounded parameter.
+        learning_rate : float (default=0.01)
+            The adam learning rate.
+        randkey : int | PRNG Key (default=None)
+            If given, a new PRNG Key will be generated at each iteration and
+            be passed to calc_loss_and_grad_from_params() as the "randkey" kwarg.
+        const_randkey : bool (default=False)
+            Pass the same key at every iteration instead.
+        comm : MPI.Comm, optional
+            Communicator of the ranks taking part (default: the model's).
+        optimizer : optax.GradientTransformation, optional
+            Any optax optimiser to use instead of ``optax.adam(learning_rate)``.
+        thin : int (default=1)
+            Record every ``thin``-th step.
+        progress : bool (default=True)
+            Show a progress bar on rank 0.
+        checkpoint : str, optional
+            Checkpoint path; a rerun with the same path resumes.
+        checkpoint_every : int (default=100)
+            Steps between checkpoints.
+
+        Returns
+        -------
+        array-like
+            The parameters at every step, the guess first and the optimum last.
+        """
+        if optimizer is None:
+            optimizer = optax.adam(check_positive("learning_rate", learning_rate))
+        result = optim.fit(
+            self._plain_loss_and_grad(), guess, optimizer, nsteps,
+            param_bounds=param_bounds, randkey=randkey, const_randkey=const_randkey,
+            thin=thin, progress=progress, desc="Adam Gradient Descent Progress",
+            comm=comm if comm is not None else self.fit_comm,
+            checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+        )
+        return result.params
+
+    def run_bfgs(
+        self,
+        guess: PyTree,
+        maxsteps: int = 100,
+        param_bounds: Any = None,
+        randkey: Any = None,
+        comm: Any = None,
+        *,
+        progress: bool = True,
+    ) -> tuple:
+        """Run BFGS (SciPy's L-BFGS-B) to optimise the parameters.
+
+        Stochasticity must be held fixed via a random key.
+
+        Parameters
+        ----------
+        guess : array-like
+            The starting parameters.
+        maxsteps : int (default=100)
+            The maximum number of iterations.
+        param_bounds : Sequence, optional
+            Lower and upper bounds of each parameter of "shape" (ndim, 2).
+        randkey : int | PRNG Key (default=None)
+            Passed to calc_loss_and_grad_from_params() as the "randkey" kwarg,
+            the same at every iteration.
+        comm : MPI.Comm, optional
+            Communicator of the ranks taking part (default: the model's).
+        progress : bool (default=True)
+            Show a progress bar on rank 0.
+
+        Returns
+        -------
+        params : array
+            Parameters at each iteration.
+        losses : array
+            Loss at each iteration.
+        result : OptimizeResult
+            SciPy's result (``message``, ``success``, ``fun``, ``x``, ``jac``,
+            ``nfev``, ``nit``), identical on every rank.
+        """
+        return optim.scipy_bfgs(
+            self._plain_loss_and_grad(), guess, maxsteps, param_bounds=param_bounds,
+            randkey=randkey, progress=progress,
+            comm=comm if comm is not None else self.fit_comm,
+        )
+
+    def run_lhs_param_scan(
+        self, xmins: Any, xmaxs: Any, n_dim: int, num_evaluations: int,
+        seed: int | None = None, randkey: Any = None,
+    ) -> tuple:
+        """Compute sumstat and loss values over a Latin Hypercube sample.
+
+        Parameters
+        ----------
+        xmins, xmaxs : float | array-like
+            Lower and upper bound on each parameter.
+        n_dim : int
+            Number of parameters.
+        num_evaluations : int
+            Number of Latin Hypercube samples to draw and evaluate.
+        seed : int (default=None)
+            Seed to make LHD draws reproducible, randomized by default (the
+            same on every rank).
+        randkey : PRNGKey | int (default=None)
+            Random key passed to each sumstat and loss evaluation.
+
+        Returns
+        -------
+        params, sumstats, losses
+            The drawn parameters, and the sumstats and loss at each of them.
+        """
+        if seed is None:
+            seed = _comm.bcast(int(np.random.SeedSequence().entropy % 2**32), comm=self.fit_comm)
+
+        def sumstats_and_loss(params):
+            return self.calc_sumstats_and_loss_from_params(params, randkey=randkey)
+
+        return optim.lhs_param_scan(sumstats_and_loss, xmins, xmaxs, n_dim, num_evaluations, seed)

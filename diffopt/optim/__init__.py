@@ -1,0 +1,16 @@
+"""The optimisation layer shared by multigrad and kdescent."""
+
+from ._bfgs import scipy_bfgs
+from ._bounds import Reparam, parse_bounds
+from ._fit import FitResult, fit
+from ._lhs import latin_hypercube, lhs_param_scan
+
+__all__ = [
+    "FitResult",
+    "Reparam",
+    "fit",
+    "latin_hypercube",
+    "lhs_param_scan",
+    "parse_bounds",
+    "scipy_bfgs",
+]

@@ -1,0 +1,145 @@
+"""BFGS: an adapter onto SciPy's L-BFGS-B, identical on every rank."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+from jaxtyping import PyTree
+from scipy.optimize import OptimizeResult, minimize
+
+from .. import _comm
+from .._keys import as_key
+from ._bounds import check_inside, parse_bounds
+from ._checks import check_count, check_finite_guess
+from ._progress import progress_bar
+
+
+class _NonFinite(Exception):
+    pass
+
+
+def scipy_bfgs(
+    loss_and_grad: Callable,
+    guess: PyTree,
+    maxsteps: int = 100,
+    *,
+    param_bounds: Any = None,
+    randkey: Any = None,
+    thin: int = 1,
+    progress: bool = True,
+    desc: str = "BFGS Gradient Descent Progress",
+    comm: Any = None,
+) -> tuple[PyTree, jax.Array, OptimizeResult]:
+    """Minimise with ``scipy.optimize.minimize(method="L-BFGS-B", jac=True)``.
+
+    ``loss_and_grad(params, randkey) -> (loss, grad)`` is compiled once. Every
+    rank runs SciPy in lockstep on rank 0's loss and gradient, so all ranks
+    take the same steps and return the same result.
+
+    Parameters
+    ----------
+    loss_and_grad : callable
+        ``loss_and_grad(params, randkey) -> (loss, grad)``.
+    guess : pytree of arrays
+        Initial parameters.
+    maxsteps : int (default=100)
+        Maximum number of iterations.
+    param_bounds : Sequence, optional
+        ``(lower, upper)`` per flattened parameter; None or +-inf for an open side.
+    randkey : int | PRNG key, optional
+        Passed unchanged at every call (BFGS needs a deterministic loss).
+    thin : int (default=1)
+        Record every ``thin``-th iteration.
+    progress : bool (default=True)
+        Show a progress bar on rank 0.
+    comm : MPI.Intracomm, optional
+        Communicator of the ranks taking part.
+
+    Returns
+    -------
+    params : array (or pytree)
+        Parameters after each iteration, the guess first.
+    losses : array
+        Loss at each of those parameters.
+    result : scipy.optimize.OptimizeResult
+        SciPy's result, identical on every rank; ``result.x`` is flat.
+    """
+    maxsteps = check_count("maxsteps", maxsteps)
+    thin = check_count("thin", thin, minimum=1)
+    comm = _comm.default_comm(comm)
+    flat_guess, unravel = ravel_pytree(jax.tree_util.tree_map(jnp.asarray, guess))
+    x0 = np.asarray(flat_guess, dtype=np.float64)
+    check_finite_guess(x0)
+    _comm.check_replicated(x0, "guess", comm)
+    bounds = parse_bounds(param_bounds, x0.size)
+    if bounds is not None:
+        check_inside(x0, bounds)
+        bounds = [(None if np.isinf(lo) else lo, None if np.isinf(hi) else hi) for lo, hi in zip(*bounds)]
+    key = as_key(randkey)
+    dtype = flat_guess.dtype if jnp.issubdtype(flat_guess.dtype, jnp.floating) else jnp.result_type(float)
+
+    @jax.jit
+    def flat_loss_and_grad(x, key):
+        loss, grad = loss_and_grad(unravel(x.astype(dtype)), key)
+        return loss, ravel_pytree(grad)[0]
+
+    history: dict[bytes, float] = {}
+
+    def fun(x):
+        loss, grad = flat_loss_and_grad(x, key)
+        loss, grad = float(loss), np.asarray(grad, dtype=np.float64)
+        if comm.size > 1:
+            # Identical inputs to SciPy on every rank keep the ranks in lockstep.
+            loss, grad = _comm.bcast((loss, grad), comm=comm)
+        # A non-finite trial point is fine: the line search backs off from it.
+        history[x.tobytes()] = loss
+        return loss, grad
+
+    xs = [x0]
+
+    with progress_bar(maxsteps, desc, progress, comm) as bar:
+        def callback(intermediate_result):
+            if not np.isfinite(intermediate_result.fun):
+                raise _NonFinite(intermediate_result.fun)
+            xs.append(np.array(intermediate_result.x))
+            bar.update(1)
+
+        try:
+            result = minimize(
+                fun, x0, jac=True, method="L-BFGS-B", bounds=bounds,
+                options={"maxiter": maxsteps}, callback=callback,
+            )
+        except _NonFinite as exc:
+            warnings.warn(
+                f"BFGS: the loss or its gradient became non-finite after {len(xs) - 1} "
+                f"iterations (loss = {exc.args[0]}); stopped there, returning the history "
+                "up to the last finite step",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            x_last = xs[-1]
+            loss_last = history.get(x_last.tobytes(), np.nan)
+            result = OptimizeResult(
+                x=x_last, fun=loss_last, success=False, status=-1, nit=len(xs) - 1,
+                message="stopped: non-finite loss or gradient", nfev=len(history),
+            )
+
+    xs = np.array(xs)
+    losses = np.array([history.get(x.tobytes(), np.nan) for x in xs])
+    missing = np.flatnonzero(np.isnan(losses))
+    for i in missing:  # SciPy's callback may report a point it did not evaluate last
+        losses[i] = float(flat_loss_and_grad(xs[i], key)[0])
+    keep = np.arange(0, len(xs), thin)
+    if keep[-1] != len(xs) - 1:
+        keep = np.append(keep, len(xs) - 1)
+    params = jnp.asarray(xs[keep], dtype=dtype)
+    if isinstance(guess, (jax.Array, np.ndarray)):
+        params = params.reshape((len(params),) + jnp.shape(guess))
+    else:
+        params = jax.vmap(unravel)(params)
+    return params, jnp.asarray(losses[keep]), result
