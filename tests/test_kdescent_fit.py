@@ -60,9 +60,8 @@ def test_adam_options(problem):
     assert seen and all(s == 2.0 for s in seen)
     assert params.shape == (6, 3)
     # Any optax optimiser; const_randkey passes one key to every step.
-    keys = []
-    params, _ = kdescent.adam(lambda p, k: (keys.append(k), lossfunc(p, k))[1], guess, nsteps=4,
-                              optimizer=optax.sgd(1e-3), const_randkey=True, progress=False)
+    params, _ = kdescent.adam(lossfunc, guess, nsteps=4, optimizer=optax.sgd(1e-3), const_randkey=True,
+                              progress=False)
     assert params.shape == (5, 3)
     with pytest.raises(ValueError, match="learning_rate"):
         kdescent.adam(lossfunc, guess, nsteps=2, learning_rate=-1.0, progress=False)

@@ -190,10 +190,11 @@ def test_backward_pass_memory_does_not_grow_with_points_times_kernels():
 
     def fused(p, z, centres):
         x = p[0] + p[1] * z
-        re, im = fourier_sums(x, None, centres, jnp.zeros(ndim))
-        return gaussian_kernel_sums(x, None, centres, jnp.eye(ndim), jnp.zeros(ndim)).sum() + re.sum() + im.sum()
+        zero, eye = jnp.zeros(ndim, jnp.float32), jnp.eye(ndim, dtype=jnp.float32)
+        re, im = fourier_sums(x, None, centres, zero)
+        return gaussian_kernel_sums(x, None, centres, eye, zero).sum() + re.sum() + im.sum()
 
-    args = (jnp.ones(2), jax.ShapeDtypeStruct((n, ndim), jnp.float32), jax.ShapeDtypeStruct((k, ndim), jnp.float32))
+    args = (jnp.ones(2, jnp.float32), jax.ShapeDtypeStruct((n, ndim), jnp.float32), jax.ShapeDtypeStruct((k, ndim), jnp.float32))
     temp = jax.jit(jax.value_and_grad(fused)).lower(*args).compile().memory_analysis().temp_size_in_bytes
     dense = n * k * 4
     assert temp < dense / 4, f"{temp / 1e6:.0f} MB of temporaries: an N x K array is being stored"

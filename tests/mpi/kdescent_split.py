@@ -10,7 +10,9 @@ Checks, on every rank (float64):
 2. A kdescent loss whose kernel counts and ECF values are sums over a model
    sample split across the ranks (unevenly; one rank may hold no points),
    with identical keys on all ranks, has the same value and gradient (and,
-   with ``--hessian``, Hessian) as one process holding the whole sample.
+   with ``--hessian``, Hessian) as one process holding the whole sample:
+   a. with ``compare_*(..., comm=comm)`` and ``_comm.replicate``;
+   b. as the partial sumstats of a ``multigrad.OnePointModel``.
 """
 
 import hashlib
@@ -23,7 +25,7 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from diffopt import _comm, kdescent  # noqa: E402
+from diffopt import _comm, kdescent, multigrad  # noqa: E402
 
 _comm.install_abort_on_error()
 
@@ -36,6 +38,41 @@ def digest(pretrainer):
     for name in LEAVES:
         h.update(np.ascontiguousarray(np.asarray(getattr(pretrainer, name))).tobytes())
     return h.hexdigest()
+
+
+class KdescentModel(multigrad.OnePointModel):
+    """Kernel counts, ECF values and total weight of this rank's points as partial sumstats."""
+
+    def calc_partial_sumstats_from_params(self, params, randkey):
+        kcalc, z = self.aux_data["kcalc"], self.aux_data["z"]
+        x = params[:2] + jnp.exp(params[2:4]) * z
+        w = jax.nn.sigmoid(params[4] * z[:, 1])
+        k1, k2 = jax.random.split(randkey)
+        mk, _ = kcalc.compare_kde_counts(k1, x, w)
+        mf, _ = kcalc.compare_fourier_counts(k2, x, w)
+        return jnp.concatenate([mk, mf.real, mf.imag, jnp.sum(w)[None]])
+
+    def calc_loss_from_sumstats(self, sumstats, randkey):
+        kcalc = self.aux_data["kcalc"]
+        k1, k2 = jax.random.split(randkey)
+        nk, nf = kcalc.num_eval_kernels, kcalc.num_eval_fourier_positions
+        mk, re, im, total = sumstats[:nk], sumstats[nk:nk + nf], sumstats[nk + nf:-1], sumstats[-1]
+        tk = kcalc.pretrainer.kde_counts[kcalc.realize_kernel_inds(k1)]
+        tf = kcalc.pretrainer.fourier_counts[kcalc.realize_fourier_inds(k2)]
+        train_total = kcalc.pretrainer.training_sum_of_weights
+        return (jnp.sum((mk / total - tk / train_total) ** 2)
+                + jnp.sum((re / total - tf.real / train_total) ** 2 + (im / total - tf.imag / train_total) ** 2))
+
+
+def model_reference_loss(params, z, kcalc, key):
+    """KdescentModel's loss, in one process, through KCalc's own comparisons."""
+    x = params[:2] + jnp.exp(params[2:4]) * z
+    w = jax.nn.sigmoid(params[4] * z[:, 1])
+    k1, k2 = jax.random.split(key)
+    mk, tk = kcalc.compare_kde_counts(k1, x, w)
+    mf, tf = kcalc.compare_fourier_counts(k2, x, w)
+    total, train_total = jnp.sum(w), kcalc.pretrainer.training_sum_of_weights
+    return jnp.sum((mk / total - tk / train_total) ** 2) + jnp.sum(jnp.abs(mf / total - tf / train_total) ** 2)
 
 
 def split_bounds(n, nranks, rank):
@@ -99,6 +136,18 @@ def main(check_hessian):
     if check_hessian:
         hess = jax.jit(jax.hessian(loss), static_argnums=2)(params, z_local, comm)
         np.testing.assert_allclose(hess, full_hess, rtol=1e-9, atol=1e-12 * np.abs(full_hess).max())
+
+    # b. The same idea through multigrad: kernel counts as partial sumstats.
+    key = jax.random.key(9)
+    ref = None
+    if rank == 0:
+        ref = tuple(np.asarray(a) for a in jax.jit(jax.value_and_grad(model_reference_loss))(
+            params, jnp.asarray(z), kcalc, key))
+    ref_value, ref_grad = _comm.bcast(ref, comm=comm)
+    model = KdescentModel(aux_data={"kcalc": kcalc, "z": z_local}, comm=comm)
+    m_value, m_grad = model.calc_loss_and_grad_from_params(params, randkey=key)
+    np.testing.assert_allclose(m_value, ref_value, rtol=1e-12)
+    np.testing.assert_allclose(m_grad, ref_grad, rtol=1e-10, atol=1e-14)
 
     # Identical on every rank.
     everyone = _comm.allgather((float(value), np.asarray(grad).tolist()), comm=comm)
