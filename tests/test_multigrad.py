@@ -192,3 +192,16 @@ def test_reduce_sum_types():
     assert multigrad.reduce_sum(2) == 2 * MPI.COMM_WORLD.size
     assert isinstance(multigrad.reduce_sum(np.ones(2)), np.ndarray)
     assert isinstance(multigrad.reduce_sum(jnp.ones(2)), jax.Array)
+
+
+@pytest.mark.mpi
+def test_failing_rank_ends_the_job():
+    import time
+
+    t0 = time.perf_counter()
+    proc = run_mpi(TESTS / "mpi" / "rank_raises.py", 3, check=False, timeout=60)
+    elapsed = time.perf_counter() - t0
+    assert proc.returncode != 0
+    assert "unreachable" not in proc.stdout
+    assert "rank 1 of 3 raised" in proc.stderr and "boom from the user's model" in proc.stderr
+    assert elapsed < 30

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -32,12 +31,6 @@ class _LossAndGrad(eqx.Module):
     def __call__(self, params, randkey):
         args = (randkey,) if self.with_key else ()
         return jax.value_and_grad(self.lossfunc)(params, *args, **self.kwargs)
-
-
-@functools.lru_cache(maxsize=32)
-def _adam(learning_rate: float) -> optax.GradientTransformation:
-    # One optimiser object per learning rate, for the same reason as above.
-    return optax.adam(learning_rate)
 
 
 def adam(
@@ -95,7 +88,7 @@ def adam(
         Loss at each step's parameters (``nsteps`` values before thinning).
     """
     if optimizer is None:
-        optimizer = _adam(check_positive("learning_rate", learning_rate))
+        optimizer = optim.cached_adam(check_positive("learning_rate", learning_rate))
     result = optim.fit(
         _LossAndGrad(lossfunc, randkey is not None, other_kwargs), guess, optimizer, nsteps,
         param_bounds=param_bounds, randkey=randkey, const_randkey=const_randkey, thin=thin,

@@ -133,7 +133,7 @@ class FitMethods(eqx.Module):
             The parameters at every step, the guess first and the optimum last.
         """
         if optimizer is None:
-            optimizer = optax.adam(check_positive("learning_rate", learning_rate))
+            optimizer = optim.cached_adam(check_positive("learning_rate", learning_rate))
         result = optim.fit(
             self._plain_loss_and_grad(), guess, optimizer, nsteps,
             param_bounds=param_bounds, randkey=randkey, const_randkey=const_randkey,

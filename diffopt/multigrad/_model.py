@@ -74,6 +74,8 @@ class OnePointModel(FitMethods):
 
     def __post_init__(self):
         self.comm = _comm.default_comm(self.comm)
+        # An exception on one rank must end the job, not leave the others in a collective.
+        _comm.install_abort_on_error()
 
     # A bound method must be hashable for ``jax.jit(model.method)``; fields
     # such as dicts of arrays are not, so a model hashes by identity.

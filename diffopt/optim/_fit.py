@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from typing import Any, Callable, NamedTuple
@@ -20,6 +21,12 @@ from ._bounds import Reparam, check_inside, parse_bounds
 from ._checkpoint import load_checkpoint, save_checkpoint
 from ._checks import check_count, check_finite_guess
 from ._progress import progress_bar
+
+
+@functools.lru_cache(maxsize=32)
+def cached_adam(learning_rate: float) -> optax.GradientTransformation:
+    """``optax.adam(learning_rate)``, one object per rate, so repeated fits reuse the compiled loop."""
+    return optax.adam(learning_rate)
 
 
 class FitResult(NamedTuple):
