@@ -8,7 +8,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.flatten_util import ravel_pytree
+import equinox as eqx
 from jaxtyping import PyTree
 from scipy.optimize import OptimizeResult, minimize
 
@@ -16,11 +16,18 @@ from .. import _comm
 from .._keys import as_key
 from ._bounds import check_inside, parse_bounds
 from ._checks import check_count, check_finite_guess
+from ._flat import flatten, flatten_like, unflatten
 from ._progress import progress_bar
 
 
 class _NonFinite(Exception):
     pass
+
+
+@eqx.filter_jit
+def _flat_loss_and_grad(loss_and_grad, x, key, spec):
+    loss, grad = loss_and_grad(unflatten(x, spec), key)
+    return loss, flatten_like(grad, x.dtype)
 
 
 def scipy_bfgs(
@@ -72,7 +79,7 @@ def scipy_bfgs(
     maxsteps = check_count("maxsteps", maxsteps)
     thin = check_count("thin", thin, minimum=1)
     comm = _comm.default_comm(comm)
-    flat_guess, unravel = ravel_pytree(jax.tree_util.tree_map(jnp.asarray, guess))
+    flat_guess, spec = flatten(guess)
     x0 = np.asarray(flat_guess, dtype=np.float64)
     check_finite_guess(x0)
     _comm.check_replicated(x0, "guess", comm)
@@ -81,12 +88,10 @@ def scipy_bfgs(
         check_inside(x0, bounds)
         bounds = [(None if np.isinf(lo) else lo, None if np.isinf(hi) else hi) for lo, hi in zip(*bounds)]
     key = as_key(randkey)
-    dtype = flat_guess.dtype if jnp.issubdtype(flat_guess.dtype, jnp.floating) else jnp.result_type(float)
+    dtype = flat_guess.dtype
 
-    @jax.jit
     def flat_loss_and_grad(x, key):
-        loss, grad = loss_and_grad(unravel(x.astype(dtype)), key)
-        return loss, ravel_pytree(grad)[0]
+        return _flat_loss_and_grad(loss_and_grad, jnp.asarray(x, dtype), key, spec)
 
     history: dict[bytes, float] = {}
 
@@ -141,5 +146,5 @@ def scipy_bfgs(
     if isinstance(guess, (jax.Array, np.ndarray)):
         params = params.reshape((len(params),) + jnp.shape(guess))
     else:
-        params = jax.vmap(unravel)(params)
+        params = jax.vmap(lambda p: unflatten(p, spec))(params)
     return params, jnp.asarray(losses[keep]), result

@@ -12,7 +12,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, PyTree
 
 from .. import _comm
@@ -20,6 +19,7 @@ from .._keys import as_key
 from ._bounds import Reparam, check_inside, parse_bounds
 from ._checkpoint import load_checkpoint, save_checkpoint
 from ._checks import check_count, check_finite_guess
+from ._flat import flatten, flatten_like, unflatten
 from ._progress import progress_bar
 
 
@@ -62,7 +62,7 @@ def _select(pred, new, old):
 
 
 @eqx.filter_jit
-def _run_chunk(loss_and_grad, optimizer, reparam, unravel, base_key, const_randkey, has_aux,
+def _run_chunk(loss_and_grad, optimizer, reparam, spec, base_key, const_randkey, has_aux,
                nsteps, chunk, state: _LoopState):
     uses_extra_args = isinstance(optimizer, optax.GradientTransformationExtraArgs)
 
@@ -76,8 +76,8 @@ def _run_chunk(loss_and_grad, optimizer, reparam, unravel, base_key, const_randk
 
     def loss_and_grad_z(z, key):
         p_flat, pullback = jax.vjp(to_params, z)
-        out, grad = loss_and_grad(unravel(p_flat), key)
-        (g_z,) = pullback(ravel_pytree(grad)[0].astype(z.dtype))
+        out, grad = loss_and_grad(unflatten(p_flat, spec), key)
+        (g_z,) = pullback(flatten_like(grad, z.dtype))
         return out, g_z, p_flat
 
     def one_step(s: _LoopState, _):
@@ -185,9 +185,7 @@ def fit(
             f"optimizer must be an optax.GradientTransformation, got {type(optimizer).__name__}"
         )
     comm = _comm.default_comm(comm)
-    flat_guess, unravel = ravel_pytree(jax.tree_util.tree_map(jnp.asarray, guess))
-    if not jnp.issubdtype(flat_guess.dtype, jnp.floating):
-        flat_guess = flat_guess.astype(jnp.result_type(float))
+    flat_guess, spec = flatten(guess)
     host_guess = np.asarray(flat_guess)
     check_finite_guess(host_guess)
     _comm.check_replicated(host_guess, "guess", comm)
@@ -218,7 +216,7 @@ def fit(
         while int(state.step) < nsteps:
             start = int(state.step)
             state, (p, losses, aux, went), final = _run_chunk(
-                loss_and_grad, optimizer, reparam, unravel, base_key, const_randkey,
+                loss_and_grad, optimizer, reparam, spec, base_key, const_randkey,
                 has_aux, nsteps, chunk, state,
             )
             went = np.asarray(went)
@@ -258,5 +256,5 @@ def fit(
     if isinstance(guess, (jax.Array, np.ndarray)):
         params = params.reshape((len(params),) + jnp.shape(guess))
     else:
-        params = jax.vmap(unravel)(params)
+        params = jax.vmap(lambda p: unflatten(p, spec))(params)
     return FitResult(params, jnp.asarray(losses[::thin]), aux)

@@ -1,0 +1,44 @@
+"""Parameters as one flat vector, with a hashable description of their pytree.
+
+``jax.flatten_util.ravel_pytree`` returns a new closure at every call, which
+as a static argument of a compiled loop would force a recompile per fit. A
+``FlatSpec`` compares equal for equal structures, so compiled code is reused.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+class FlatSpec(NamedTuple):
+    treedef: Any
+    shapes: tuple
+    dtypes: tuple
+
+
+def flatten(tree) -> tuple[jax.Array, FlatSpec]:
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    leaves = [jnp.asarray(x) for x in leaves]
+    spec = FlatSpec(treedef, tuple(x.shape for x in leaves), tuple(x.dtype for x in leaves))
+    if not leaves:
+        return jnp.zeros(0), spec
+    dtype = jnp.result_type(*leaves)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        dtype = jnp.result_type(float)
+    return jnp.concatenate([x.ravel().astype(dtype) for x in leaves]), spec
+
+
+def unflatten(flat: jax.Array, spec: FlatSpec):
+    sizes = [int(np.prod(s)) for s in spec.shapes]
+    parts = jnp.split(flat, np.cumsum(sizes)[:-1]) if sizes else []
+    leaves = [p.reshape(s) for p, s in zip(parts, spec.shapes)]
+    return jax.tree_util.tree_unflatten(spec.treedef, leaves)
+
+
+def flatten_like(tree, dtype) -> jax.Array:
+    leaves = jax.tree_util.tree_leaves(tree)
+    return jnp.concatenate([jnp.ravel(x).astype(dtype) for x in leaves]) if leaves else jnp.zeros(0, dtype)
