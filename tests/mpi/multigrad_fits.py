@@ -40,6 +40,24 @@ out = {
     "bfgs": model.run_bfgs(guess, maxsteps=50, param_bounds=[None, (0.1, 5.0)], progress=False)[2].x,
     "lbfgs": model.run_adam(guess, nsteps=30, optimizer=optax.lbfgs(), progress=False),
 }
+
+
+@jax.jit
+def user_training_loop(model, params):
+    # A user's own optax loop: the model is an argument, the loop one lax.scan.
+    opt = optax.adam(0.02)
+
+    def step(carry, _):
+        params, state = carry
+        loss, grad = jax.value_and_grad(model.calc_loss_from_params)(params)
+        updates, state = opt.update(grad, state)
+        return (optax.apply_updates(params, updates), state), loss
+
+    (params, _), losses = jax.lax.scan(step, (params, opt.init(params)), None, length=100)
+    return params, losses
+
+
+out["user_scan"] = jnp.concatenate(user_training_loop(model, guess))
 for name, value in out.items():
     blobs = comm.allgather(np.asarray(value).tobytes())
     assert len(set(blobs)) == 1, f"{name} differs between ranks"
