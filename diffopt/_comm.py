@@ -39,6 +39,13 @@ __all__ = [
     "reduce_sum",
     "split_subcomms",
     "split_subcomms_by_node",
+    "bcast",
+    "allgather",
+    "rank",
+    "size",
+    "check_replicated",
+    "abort_job",
+    "install_abort_on_error",
 ]
 
 

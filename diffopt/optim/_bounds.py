@@ -25,9 +25,7 @@ def parse_bounds(param_bounds: Any, ndim: int) -> tuple[np.ndarray, np.ndarray] 
     """Read bounds of "shape" ``(ndim, 2)``; ``None`` or +-inf mark an open side."""
     if param_bounds is None:
         return None
-    rows = list(param_bounds) if not isinstance(param_bounds, (np.ndarray, jax.Array)) else list(
-        np.asarray(param_bounds)
-    )
+    rows = list(np.asarray(param_bounds) if isinstance(param_bounds, jax.Array) else param_bounds)
     if len(rows) != ndim:
         raise ValueError(
             f"param_bounds must have one (lower, upper) row per parameter: expected {ndim} rows, "
@@ -38,7 +36,7 @@ def parse_bounds(param_bounds: Any, ndim: int) -> tuple[np.ndarray, np.ndarray] 
     for i, row in enumerate(rows):
         if row is None:
             continue
-        row = list(np.asarray(row, dtype=object).ravel()) if not isinstance(row, (list, tuple)) else list(row)
+        row = list(row) if isinstance(row, (list, tuple)) else list(np.ravel(row))
         if len(row) != 2:
             raise ValueError(f"param_bounds[{i}] must be (lower, upper) or None, got {row!r}")
         for j, side in enumerate(row):
