@@ -17,6 +17,7 @@ works through it.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import traceback
@@ -43,6 +44,7 @@ __all__ = [
     "allgather",
     "rank",
     "size",
+    "check_layouts",
     "check_replicated",
     "abort_job",
     "install_abort_on_error",
@@ -150,14 +152,20 @@ def _as_numeric_array(x: Any, name: str) -> jax.Array:
     )
 
 
-def sum_over_ranks(tree: Any, comm: Any = None, *, name: str = "sumstats") -> Any:
+def sum_over_ranks(
+    tree: Any, comm: Any = None, *, name: str = "sumstats", check_layout: bool = True
+) -> Any:
     """Differentiable, jit-safe sum of every leaf of ``tree`` over ``comm``.
 
     Going backward the cotangent passes through unchanged (each rank keeps the
     cotangent of the total), which paired with :func:`replicate` gives exact
-    gradients. Before the data is summed, ranks compare the shape and dtype of
-    every leaf: a mismatch would otherwise corrupt the sum or hang. The
-    comparison is one tiny allreduce, decided identically on all ranks.
+    gradients.
+
+    With ``check_layout`` the ranks first compare the shape and dtype of every
+    leaf, in-graph: one tiny allreduce, decided identically on all ranks, so a
+    mismatch raises on every rank instead of corrupting the sum or hanging.
+    Callers that compared the layouts once on the host (:func:`check_layouts`)
+    before a compiled loop pass ``check_layout=False`` inside it.
     """
     comm = default_comm(comm)
     leaves, treedef = jax.tree_util.tree_flatten(tree)
@@ -167,14 +175,17 @@ def sum_over_ranks(tree: Any, comm: Any = None, *, name: str = "sumstats") -> An
     if comm.size == 1:
         return jax.tree_util.tree_unflatten(treedef, leaves)
 
+    def summed(leaves):
+        return [_allreduce_sum(x, comm) for x in leaves]
+
+    if not check_layout:
+        return jax.tree_util.tree_unflatten(treedef, summed(leaves))
+
     signature = _layout_signature(leaves)
     extremes = _mpi4jax().allreduce(
         jnp.array([signature, -signature], dtype=jnp.int32), op=MPI.MAX, comm=comm
     )
     consistent = extremes[0] == -extremes[1]
-
-    def summed(leaves):
-        return [_allreduce_sum(x, comm) for x in leaves]
 
     def mismatched(leaves):
         jax.debug.callback(_raise_layout_mismatch, name, _describe(leaves), ordered=True)
@@ -182,6 +193,25 @@ def sum_over_ranks(tree: Any, comm: Any = None, *, name: str = "sumstats") -> An
 
     out = jax.lax.cond(consistent, summed, mismatched, leaves)
     return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def check_layouts(tree: Any, comm: Any = None, *, name: str = "sumstats") -> None:
+    """Raise ``ValueError`` on every rank unless ``tree``'s leaves match across ranks.
+
+    The host-side counterpart of the check in :func:`sum_over_ranks`, for
+    shapes known before a compiled loop starts (``jax.eval_shape`` output or
+    arrays): one ``allgather`` of a short description per call.
+    """
+    comm = default_comm(comm)
+    if comm.size == 1:
+        return
+    layouts = comm.allgather(_describe(jax.tree_util.tree_leaves(tree)))
+    if len(set(layouts)) > 1:
+        found = "; ".join(f"rank {r}: {layout or 'nothing'}" for r, layout in enumerate(layouts))
+        raise ValueError(
+            f"{name} differ in shape or dtype across MPI ranks ({found}); every rank must "
+            "return partial sums of the same shape and dtype"
+        )
 
 
 def _layout_signature(leaves) -> int:
@@ -194,7 +224,7 @@ def _layout_signature(leaves) -> int:
 
 
 def _describe(leaves) -> str:
-    return ";".join(f"{x.dtype}{tuple(x.shape)}" for x in leaves)
+    return ";".join(f"{jnp.dtype(x.dtype)}{tuple(x.shape)}" for x in leaves)
 
 
 def _raise_layout_mismatch(name: str, layout: str) -> None:
@@ -366,8 +396,8 @@ def install_abort_on_error() -> None:
     """Make an uncaught exception on any rank abort every rank of the job.
 
     Without this, ranks that did not raise wait forever in their next
-    collective. Only installed when more than one rank runs; set
-    ``DIFFOPT_NO_ABORT=1`` to disable it.
+    collective. Installed when diffopt is imported by a job of more than one
+    rank; set ``DIFFOPT_NO_ABORT=1`` to leave ``sys.excepthook`` alone.
     """
     global _ABORT_HOOK_INSTALLED
     if _ABORT_HOOK_INSTALLED or MPI.COMM_WORLD.size == 1 or os.environ.get("DIFFOPT_NO_ABORT"):
@@ -377,21 +407,40 @@ def install_abort_on_error() -> None:
     def hook(exc_type, exc, tb):
         if issubclass(exc_type, KeyboardInterrupt):
             previous(exc_type, exc, tb)
+            abort_job()
         abort_job(exc)
 
     sys.excepthook = hook
+    # JAX logs a failing callback's traceback, and the exception it raises
+    # carries the same text: printed by the hook, it is shown once.
+    for name in ("jax._src.callback", "jax._src.debugging"):
+        logging.getLogger(name).addFilter(_drop_callback_failure_logs)
     _ABORT_HOOK_INSTALLED = True
 
 
-def check_replicated(value: np.ndarray, name: str, comm: Any = None) -> None:
-    """Raise ``ValueError`` on every rank unless ``value`` is identical on all ranks."""
+def _drop_callback_failure_logs(record: logging.LogRecord) -> bool:
+    return not (record.exc_info and str(record.msg).endswith("callback failed"))
+
+
+def check_replicated(value: Any, name: str, comm: Any = None) -> None:
+    """Raise ``ValueError`` on every rank unless ``value`` is identical on all ranks.
+
+    ``value`` is an array (compared bit for bit) or a string. One
+    ``allgather`` of a checksum.
+    """
     comm = default_comm(comm)
     if comm.size == 1:
         return
-    digest = zlib.crc32(np.ascontiguousarray(value).tobytes())
-    lo, hi = comm.allreduce(digest, op=MPI.MIN), comm.allreduce(digest, op=MPI.MAX)
-    if lo != hi:
+    data = value.encode() if isinstance(value, str) else np.ascontiguousarray(value).tobytes()
+    digests = comm.allgather(zlib.crc32(data))
+    if len(set(digests)) > 1:
+        others = [r for r, d in enumerate(digests) if d != digests[0]]
+        shown = value if isinstance(value, str) else np.array2string(np.asarray(value), threshold=10)
         raise ValueError(
-            f"{name} differs between MPI ranks (rank {comm.rank} has {value}); replicated "
-            "values such as parameters must be identical on every rank"
+            f"{name} differs between MPI ranks: rank(s) {others} hold other values than rank 0 "
+            f"(this is rank {comm.rank}, with {shown}); it must be identical on every rank"
         )
+
+
+# Any multi-rank job that imports diffopt ends as a whole when one rank raises.
+install_abort_on_error()

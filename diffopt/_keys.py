@@ -18,12 +18,14 @@ def is_key(x: Any) -> bool:
     return x.dtype == jnp.uint32 and x.shape == (2,)
 
 
-def as_key(randkey: Any, name: str = "randkey") -> jax.Array | None:
+def as_key(randkey: Any, name: str = "randkey", required: bool = False) -> jax.Array | None:
     """Return ``randkey`` as a PRNG key: an int seeds a new key, a key passes through.
 
-    ``None`` stays ``None`` (no randomness requested).
+    ``None`` stays ``None`` (no randomness requested) unless ``required``.
     """
     if randkey is None:
+        if required:
+            raise TypeError(f"{name} is required: pass an int seed or a JAX PRNG key")
         return None
     if isinstance(randkey, (int, np.integer)) and not isinstance(randkey, bool):
         return jax.random.key(int(randkey))

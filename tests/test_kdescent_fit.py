@@ -63,8 +63,6 @@ def test_adam_options(problem):
     params, _ = kdescent.adam(lossfunc, guess, nsteps=4, optimizer=optax.sgd(1e-3), const_randkey=True,
                               progress=False)
     assert params.shape == (5, 3)
-    with pytest.raises(ValueError, match="learning_rate"):
-        kdescent.adam(lossfunc, guess, nsteps=2, learning_rate=-1.0, progress=False)
 
 
 def test_bfgs(problem):

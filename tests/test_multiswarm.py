@@ -177,62 +177,6 @@ def test_progress_bar(capsys):
 
 # -- invalid arguments ---------------------------------------------------------------
 
-VALID = dict(nparticles=10, ndim=2, xlow=-1.0, xhigh=1.0)
-
-
-@pytest.mark.parametrize(
-    "change, error, match",
-    [
-        (dict(nparticles=0), ValueError, "nparticles"),
-        (dict(nparticles=2.5), TypeError, "nparticles"),
-        (dict(ndim=0), ValueError, "ndim"),
-        (dict(ndim="2"), TypeError, "ndim"),
-        (dict(xlow=1.0), ValueError, "xlow must be below xhigh"),
-        (dict(xlow=[-1.0, 2.0]), ValueError, "xlow must be below xhigh"),
-        (dict(xlow=[-1.0, -1.0, -1.0]), ValueError, "xlow must be a number or an array of shape"),
-        (dict(xhigh=np.ones((2, 2))), ValueError, "xhigh must be"),
-        (dict(xhigh=np.inf), ValueError, "xhigh must be finite"),
-        (dict(xlow=np.nan), ValueError, "xlow must be finite"),
-        (dict(xlow="low"), TypeError, "xlow"),
-        (dict(inertial_weight=-0.1), ValueError, "inertial_weight"),
-        (dict(cognitive_weight=-1), ValueError, "cognitive_weight"),
-        (dict(social_weight=np.nan), ValueError, "social_weight"),
-        (dict(vmax_frac=-0.4), ValueError, "vmax_frac"),
-        (dict(vmax_frac=0), ValueError, "vmax_frac"),
-        (dict(ranks_per_particle=0), ValueError, "ranks_per_particle"),
-        (dict(ranks_per_particle=2), ValueError, "ranks_per_particle=2 must divide"),
-        (dict(ranks_per_particle=1.0), TypeError, "ranks_per_particle"),
-        (dict(seed="zero"), TypeError, "seed"),
-        (dict(comm="world"), TypeError, "comm"),
-    ],
-)
-def test_invalid_arguments(change, error, match):
-    with pytest.raises(error, match=match):
-        multiswarm.ParticleSwarm(**{**VALID, **change})
-
-
-@pytest.mark.parametrize(
-    "kwargs, error, match",
-    [
-        (dict(lossfunc=3), TypeError, "lossfunc"),
-        (dict(nsteps=0), ValueError, "nsteps"),
-        (dict(checkpoint_every=0), ValueError, "checkpoint_every"),
-        (dict(vectorize="yes"), TypeError, "vectorize"),
-    ],
-)
-def test_invalid_run_arguments(kwargs, error, match):
-    swarm = multiswarm.ParticleSwarm(**VALID)
-    with pytest.raises(error, match=match):
-        swarm.run_pso(**{"lossfunc": ackley, "progress": False, **kwargs})
-
-
-def test_invalid_start_positions():
-    swarm = multiswarm.ParticleSwarm(**VALID)
-    swarm.x_init = swarm.x_init[:5]
-    with pytest.raises(ValueError, match="x_init"):
-        swarm.run_pso(ackley, nsteps=2, progress=False)
-
-
 # -- checkpoints ---------------------------------------------------------------------
 
 

@@ -45,6 +45,9 @@ def adam(
     progress: bool = True,
     *,
     optimizer: optax.GradientTransformation | None = None,
+    checkpoint: str | None = None,
+    checkpoint_every: int = 100,
+    comm: Any = None,
     **other_kwargs: Any,
 ) -> tuple[PyTree, Array]:
     """Minimise ``lossfunc`` with adam (or any optax optimiser), in one compiled loop.
@@ -76,6 +79,15 @@ def adam(
         Show a progress bar (on rank 0).
     optimizer : optax.GradientTransformation, optional
         Any optax optimiser to use instead of ``optax.adam(learning_rate)``.
+    checkpoint : str, optional
+        Checkpoint path. Rank 0 saves the fit there every
+        ``checkpoint_every`` steps; the same call with the same path resumes.
+    checkpoint_every : int (default 100)
+        Steps between checkpoints.
+    comm : MPI.Intracomm, optional
+        The ranks running this fit together (default ``MPI.COMM_WORLD``):
+        they must pass the same guess and key. ``MPI.COMM_SELF`` lets each
+        rank run a fit of its own.
     **other_kwargs
         Passed on to ``lossfunc`` at every step.
 
@@ -86,13 +98,16 @@ def adam(
         parameters last (``nsteps + 1`` rows before thinning).
     losses : array
         Loss at each step's parameters (``nsteps`` values before thinning).
+        If the loss or its gradient becomes non-finite, the fit stops there
+        with a ``RuntimeWarning`` and both end at the last finite step.
     """
     if optimizer is None:
         optimizer = optim.cached_adam(check_positive("learning_rate", learning_rate))
     result = optim.fit(
         _LossAndGrad(lossfunc, randkey is not None, other_kwargs), guess, optimizer, nsteps,
         param_bounds=param_bounds, randkey=randkey, const_randkey=const_randkey, thin=thin,
-        progress=progress, desc="Adam Gradient Descent Progress",
+        progress=progress, desc="Adam Gradient Descent Progress", comm=comm,
+        checkpoint=checkpoint, checkpoint_every=checkpoint_every,
     )
     return result.params, result.losses
 
@@ -105,6 +120,8 @@ def bfgs(
     randkey: Any = None,
     thin: int = 1,
     progress: bool = True,
+    *,
+    comm: Any = None,
     **other_kwargs: Any,
 ) -> tuple[PyTree, Array, OptimizeResult]:
     """Minimise ``lossfunc`` with SciPy's L-BFGS-B, gradients from JAX.
@@ -130,6 +147,9 @@ def bfgs(
         Return every ``thin``-th iteration only.
     progress : bool (default True)
         Show a progress bar (on rank 0).
+    comm : MPI.Intracomm, optional
+        The ranks running this fit together (default ``MPI.COMM_WORLD``),
+        as for :func:`adam`.
     **other_kwargs
         Passed on to ``lossfunc``.
 
@@ -145,5 +165,5 @@ def bfgs(
     return optim.scipy_bfgs(
         _LossAndGrad(lossfunc, randkey is not None, other_kwargs), guess, maxsteps,
         param_bounds=param_bounds, randkey=randkey, thin=thin, progress=progress,
-        desc="BFGS Gradient Descent Progress",
+        desc="BFGS Gradient Descent Progress", comm=comm,
     )

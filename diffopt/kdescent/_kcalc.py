@@ -95,12 +95,12 @@ class KCalc(eqx.Module):
 
     def realize_kernel_inds(self, randkey: Any) -> Array:
         """Indices of the ``num_eval_kernels`` pretrained kernels drawn with ``randkey``."""
-        key = as_key(randkey)
+        key = as_key(randkey, required=True)
         return jax.random.choice(key, self.num_pretrain_kernels, (self.num_eval_kernels,), replace=False)
 
     def realize_fourier_inds(self, randkey: Any) -> Array:
         """Indices of the ``num_eval_fourier_positions`` positions drawn with ``randkey``."""
-        key = as_key(randkey)
+        key = as_key(randkey, required=True)
         return jax.random.choice(
             key, self.num_pretrain_fourier_positions, (self.num_eval_fourier_positions,), replace=False
         )

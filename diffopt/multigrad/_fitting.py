@@ -2,16 +2,48 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from jaxtyping import PyTree
 
 from .. import _comm, optim
-from ..optim._checks import check_positive
+from .._keys import as_key
+from ..optim._checks import check_guess, check_positive
+
+
+def as_params(params: PyTree) -> PyTree:
+    """``params`` with every leaf a JAX array (or tracer).
+
+    Python scalars become arrays, so that a jitted method is traced once per
+    shape, not once per value; anything but numbers is a ``TypeError``.
+    """
+
+    def as_array(x):
+        dtype = getattr(x, "dtype", None)
+        if dtype is None and isinstance(x, (int, float, complex)) and not isinstance(x, bool):
+            return jnp.asarray(x)
+        if dtype is None or not jnp.issubdtype(dtype, jnp.number):
+            raise TypeError(
+                "params must be an array (or a pytree of arrays) of numbers, got "
+                f"{type(x).__name__}" + (f" of dtype {dtype}" if dtype is not None else "")
+            )
+        return jnp.asarray(x)
+
+    return jax.tree_util.tree_map(as_array, params)
+
+
+def with_layout_checked(module):
+    """A shallow copy of ``module`` whose sums over ranks skip the in-graph layout check."""
+    checked = copy.copy(module)
+    # A static field, so compiled code of the copy and the original never mix.
+    object.__setattr__(checked, "_layout_checked", True)
+    return checked
 
 
 class GradientDescentResult(NamedTuple):
@@ -33,7 +65,22 @@ class GradientDescentResult(NamedTuple):
 
 
 class FitMethods(eqx.Module):
-    """Optimisers for anything with ``calc_loss_and_grad_from_params`` and ``fit_comm``."""
+    """Optimisers for anything with ``calc_loss_and_grad_from_params`` and ``fit_comm``.
+
+    A fit compares the layout of the partial sumstats across ranks once, on
+    the host, and then runs a copy of the model whose compiled steps skip
+    that check (see :meth:`_checked`).
+    """
+
+    _layout_checked: bool = eqx.field(default=False, static=True, init=False, repr=False)
+
+    def _checked(self, params: PyTree, randkey: Any):
+        """A copy for a fit, after checking that sumstats layouts agree across ranks."""
+        raise NotImplementedError
+
+    def _for_fit(self, guess: PyTree, randkey: Any = None):
+        check_guess(guess)  # a clear error before anything is traced
+        return self._checked(as_params(guess), as_key(randkey))
 
     def _loss_and_grad(self, params, randkey):
         return self.calc_loss_and_grad_from_params(params, randkey=randkey)
@@ -72,8 +119,9 @@ class FitMethods(eqx.Module):
         learning_rate = check_positive("learning_rate", learning_rate)
         has_aux = getattr(self, "loss_func_has_aux", False)
         kwargs.setdefault("desc", "Simple Gradient Descent Progress")
+        fitted = self._for_fit(guess)
         result = optim.fit(
-            self._loss_and_grad, guess, optax.sgd(learning_rate), nsteps,
+            fitted._loss_and_grad, guess, optax.sgd(learning_rate), nsteps,
             has_aux=has_aux, comm=self.fit_comm, **kwargs,
         )
         return GradientDescentResult(result.losses, result.params, result.aux)
@@ -134,8 +182,9 @@ class FitMethods(eqx.Module):
         """
         if optimizer is None:
             optimizer = optim.cached_adam(check_positive("learning_rate", learning_rate))
+        fitted = self._for_fit(guess, randkey)
         result = optim.fit(
-            self._plain_loss_and_grad(), guess, optimizer, nsteps,
+            fitted._plain_loss_and_grad(), guess, optimizer, nsteps,
             param_bounds=param_bounds, randkey=randkey, const_randkey=const_randkey,
             thin=thin, progress=progress, desc="Adam Gradient Descent Progress",
             comm=comm if comm is not None else self.fit_comm,
@@ -183,8 +232,9 @@ class FitMethods(eqx.Module):
             SciPy's result (``message``, ``success``, ``fun``, ``x``, ``jac``,
             ``nfev``, ``nit``), identical on every rank.
         """
+        fitted = self._for_fit(guess, randkey)
         return optim.scipy_bfgs(
-            self._plain_loss_and_grad(), guess, maxsteps, param_bounds=param_bounds,
+            fitted._plain_loss_and_grad(), guess, maxsteps, param_bounds=param_bounds,
             randkey=randkey, progress=progress,
             comm=comm if comm is not None else self.fit_comm,
         )

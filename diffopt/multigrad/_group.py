@@ -11,8 +11,8 @@ from jaxtyping import PyTree
 
 from .. import _comm
 from .._keys import as_key
-from ._fitting import FitMethods
-from ._model import OnePointModel, _as_params
+from ._fitting import FitMethods, as_params, with_layout_checked
+from ._model import OnePointModel
 
 
 @eqx.filter_jit
@@ -59,17 +59,25 @@ class OnePointGroup(FitMethods):
     def fit_comm(self) -> _comm.StaticComm:
         return self.main_comm
 
+    def _checked(self, params: PyTree, randkey: Any) -> OnePointGroup:
+        checked = with_layout_checked(self)
+        object.__setattr__(checked, "models", tuple(m._checked(params, randkey) for m in self.models))
+        return checked
+
     def calc_sumstats_and_loss_from_params(self, params: PyTree, randkey: Any = None) -> tuple:
         """Return ``(sumstats, loss)``: this rank's models' sumstats and the group loss."""
-        params = _comm.replicate(_as_params(params), self.main_comm)
+        params = _comm.replicate(as_params(params), self.main_comm)
         randkey = as_key(randkey)
-        sumstats, local = [], jnp.zeros(())
+        # The default float dtype on every rank, whatever dtypes the models return.
+        sumstats, local = [], jnp.zeros((), jnp.result_type(float))
         for model in self.models:
             stats, result = model.calc_sumstats_and_loss_from_params(params, randkey)
             loss = result[0] if model.loss_func_has_aux else result
             sumstats.append(stats)
             local = local + loss / model.comm.size
-        loss = _comm.sum_over_ranks(local, self.main_comm, name="group losses")
+        loss = _comm.sum_over_ranks(
+            local, self.main_comm, name="group losses", check_layout=not self._layout_checked
+        )
         return tuple(sumstats), loss
 
     def calc_loss_from_params(self, params: PyTree, randkey: Any = None) -> jax.Array:
@@ -82,4 +90,4 @@ class OnePointGroup(FitMethods):
 
     def calc_loss_and_grad_from_params(self, params: PyTree, randkey: Any = None) -> tuple:
         """The group loss and its gradient, compiled once per input shape."""
-        return _group_loss_and_grad(self, _as_params(params), as_key(randkey))
+        return _group_loss_and_grad(self, as_params(params), as_key(randkey))

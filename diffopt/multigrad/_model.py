@@ -12,13 +12,7 @@ from jaxtyping import PyTree
 
 from .. import _comm
 from .._keys import as_key, key_kwargs
-from ._fitting import FitMethods
-
-
-def _as_params(params: PyTree) -> PyTree:
-    # Python scalars become arrays so that a jitted method is traced once per
-    # shape, not once per value.
-    return jax.tree_util.tree_map(jnp.asarray, params)
+from ._fitting import FitMethods, as_params, with_layout_checked
 
 
 @eqx.filter_jit
@@ -74,8 +68,6 @@ class OnePointModel(FitMethods):
 
     def __post_init__(self):
         self.comm = _comm.default_comm(self.comm)
-        # An exception on one rank must end the job, not leave the others in a collective.
-        _comm.install_abort_on_error()
 
     # A bound method must be hashable for ``jax.jit(model.method)``; fields
     # such as dicts of arrays are not, so a model hashes by identity.
@@ -100,6 +92,14 @@ class OnePointModel(FitMethods):
 
     # --- provided ---------------------------------------------------------------
 
+    def _checked(self, params: PyTree, randkey: Any) -> OnePointModel:
+        if self.comm.size > 1:
+            stats = eqx.filter_eval_shape(
+                self.calc_partial_sumstats_from_params, params, **key_kwargs(randkey)
+            )
+            _comm.check_layouts(stats[0] if self.sumstats_func_has_aux else stats, self.comm)
+        return with_layout_checked(self)
+
     def calc_sumstats_from_params(
         self, params: PyTree, total: bool = True, randkey: Any = None
     ) -> PyTree:
@@ -121,7 +121,7 @@ class OnePointModel(FitMethods):
             Summary statistics evaluated at given parameters, or
             ``(sumstats, aux)`` if ``sumstats_func_has_aux``.
         """
-        params = _as_params(params)
+        params = as_params(params)
         if total:
             params = _comm.replicate(params, self.comm)
         out = self.calc_partial_sumstats_from_params(params, **key_kwargs(as_key(randkey)))
@@ -134,8 +134,11 @@ class OnePointModel(FitMethods):
                     f"must return (sumstats, aux); got {type(out).__name__}"
                 )
             sumstats, aux = out
-            return _comm.sum_over_ranks(sumstats, self.comm), aux
-        return _comm.sum_over_ranks(out, self.comm)
+            return self._sum_over_ranks(sumstats), aux
+        return self._sum_over_ranks(out)
+
+    def _sum_over_ranks(self, sumstats: PyTree) -> PyTree:
+        return _comm.sum_over_ranks(sumstats, self.comm, check_layout=not self._layout_checked)
 
     def calc_sumstats_and_loss_from_params(self, params: PyTree, randkey: Any = None) -> tuple:
         """Return ``(sumstats, loss)``: the total sumstats and the loss at ``params``."""
@@ -188,7 +191,7 @@ class OnePointModel(FitMethods):
             Gradient of the loss with respect to each parameter (``(grad,
             aux)`` if ``loss_func_has_aux``).
         """
-        return _dloss_dparams(self, _as_params(params), as_key(randkey))
+        return _dloss_dparams(self, as_params(params), as_key(randkey))
 
     def calc_loss_and_grad_from_params(self, params: PyTree, randkey: Any = None) -> tuple:
         """Calculate the loss and its gradient.
@@ -212,4 +215,4 @@ class OnePointModel(FitMethods):
         array (or pytree like params)
             Gradient of the loss with respect to each parameter.
         """
-        return _loss_and_grad(self, _as_params(params), as_key(randkey))
+        return _loss_and_grad(self, as_params(params), as_key(randkey))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -14,6 +15,7 @@ from jaxtyping import ArrayLike, Float
 
 from .. import _comm
 from .._keys import as_key
+from ..optim._checks import check_path
 from ._checkpoint import load_checkpoint, save_checkpoint
 from ._loss import PerParticleLoss, VectorizedLoss, can_vectorize
 from ._update import SwarmCoefficients, SwarmState, advance, initial_conditions
@@ -127,8 +129,6 @@ class ParticleSwarm:
                     f"MPI ranks ({nranks})"
                 )
         self.ranks_per_particle = ranks_per_particle
-        # An exception on one rank must end the job rather than hang the others.
-        _comm.install_abort_on_error()
         subcomm, self.num_groups, self.group_rank = _comm.split_subcomms(
             num_groups=nranks // ranks_per_particle, comm=self.comm
         )
@@ -214,6 +214,7 @@ class ParticleSwarm:
             raise TypeError(f"lossfunc must be callable, got {type(lossfunc).__name__}")
         nsteps = _positive_int(nsteps, "nsteps")
         checkpoint_every = _positive_int(checkpoint_every, "checkpoint_every")
+        check_path("checkpoint", checkpoint)
         if vectorize not in (None, True, False):
             raise TypeError(f"vectorize must be None, True or False, got {vectorize!r}")
         if vectorize and self.ranks_per_particle > 1:
@@ -270,6 +271,12 @@ class ParticleSwarm:
     def _initial_state(self, dtype) -> SwarmState:
         x = self._checked_init("x_init", dtype)
         v = self._checked_init("v_init", dtype)
+        # Every rank updates the whole swarm: its start must be the same everywhere.
+        _comm.check_replicated(
+            np.concatenate([np.asarray(x).ravel(), np.asarray(v).ravel()]),
+            "the swarm's start (x_init and v_init, drawn from seed)", self.comm,
+        )
+        _comm.check_replicated(json.dumps(self.random_state), "random_state (drawn from seed)", self.comm)
         return SwarmState(x=x, v=v, best_x=x, best_loss=jnp.full(self.nparticles, jnp.inf, dtype))
 
     def _checked_init(self, name: str, dtype) -> jax.Array:

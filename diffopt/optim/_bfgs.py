@@ -15,8 +15,8 @@ from scipy.optimize import OptimizeResult, minimize
 from .. import _comm
 from .._keys import as_key
 from ._bounds import check_inside, parse_bounds
-from ._checks import check_count, check_finite_guess
-from ._flat import flatten, flatten_like, unflatten
+from ._checks import check_count, check_guess, check_replicated_inputs
+from ._flat import flatten_like, unflatten
 from ._progress import progress_bar
 
 
@@ -79,21 +79,21 @@ def scipy_bfgs(
     maxsteps = check_count("maxsteps", maxsteps)
     thin = check_count("thin", thin, minimum=1)
     comm = _comm.default_comm(comm)
-    flat_guess, spec = flatten(guess)
+    flat_guess, spec = check_guess(guess)
     x0 = np.asarray(flat_guess, dtype=np.float64)
-    check_finite_guess(x0)
-    _comm.check_replicated(x0, "guess", comm)
     bounds = parse_bounds(param_bounds, x0.size)
     if bounds is not None:
         check_inside(x0, bounds)
         bounds = [(None if np.isinf(lo) else lo, None if np.isinf(hi) else hi) for lo, hi in zip(*bounds)]
     key = as_key(randkey)
+    check_replicated_inputs(x0, key, comm)
     dtype = flat_guess.dtype
 
     def flat_loss_and_grad(x, key):
         return _flat_loss_and_grad(loss_and_grad, jnp.asarray(x, dtype), key, spec)
 
-    history: dict[bytes, float] = {}
+    # Loss at every evaluated point, and whether its gradient was finite.
+    history: dict[bytes, tuple[float, bool]] = {}
 
     def fun(x):
         loss, grad = flat_loss_and_grad(x, key)
@@ -102,16 +102,18 @@ def scipy_bfgs(
             # Identical inputs to SciPy on every rank keep the ranks in lockstep.
             loss, grad = _comm.bcast((loss, grad), comm=comm)
         # A non-finite trial point is fine: the line search backs off from it.
-        history[x.tobytes()] = loss
+        history[x.tobytes()] = (loss, bool(np.all(np.isfinite(grad))))
         return loss, grad
 
     xs = [x0]
 
     with progress_bar(maxsteps, desc, progress, comm) as bar:
         def callback(intermediate_result):
-            if not np.isfinite(intermediate_result.fun):
-                raise _NonFinite(intermediate_result.fun)
-            xs.append(np.array(intermediate_result.x))
+            x = np.array(intermediate_result.x)
+            loss, grad_finite = history.get(x.tobytes(), (intermediate_result.fun, True))
+            if not (np.isfinite(loss) and grad_finite and np.all(np.isfinite(x))):
+                raise _NonFinite(loss)
+            xs.append(x)
             bar.update(1)
 
         try:
@@ -119,23 +121,31 @@ def scipy_bfgs(
                 fun, x0, jac=True, method="L-BFGS-B", bounds=bounds,
                 options={"maxiter": maxsteps}, callback=callback,
             )
+            bad_trials = sum(not (np.isfinite(loss) and ok) for loss, ok in history.values())
+            if not result.success and bad_trials:
+                warnings.warn(
+                    f"BFGS: SciPy stopped without converging ({result.message}) after "
+                    f"{bad_trials} trial point(s) gave a non-finite loss or gradient",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
         except _NonFinite as exc:
             warnings.warn(
-                f"BFGS: the loss or its gradient became non-finite after {len(xs) - 1} "
-                f"iterations (loss = {exc.args[0]}); stopped there, returning the history "
-                "up to the last finite step",
+                f"BFGS: the loss or its gradient became non-finite at iteration {len(xs)} "
+                f"(loss = {exc.args[0]}); stopped there, returning the history up to the last "
+                "finite iteration",
                 RuntimeWarning,
                 stacklevel=2,
             )
             x_last = xs[-1]
-            loss_last = history.get(x_last.tobytes(), np.nan)
             result = OptimizeResult(
-                x=x_last, fun=loss_last, success=False, status=-1, nit=len(xs) - 1,
-                message="stopped: non-finite loss or gradient", nfev=len(history),
+                x=x_last, fun=history.get(x_last.tobytes(), (np.nan,))[0], success=False,
+                status=-1, nit=len(xs) - 1, nfev=len(history),
+                message="stopped: non-finite loss or gradient",
             )
 
     xs = np.array(xs)
-    losses = np.array([history.get(x.tobytes(), np.nan) for x in xs])
+    losses = np.array([history.get(x.tobytes(), (np.nan,))[0] for x in xs])
     missing = np.flatnonzero(np.isnan(losses))
     for i in missing:  # SciPy's callback may report a point it did not evaluate last
         losses[i] = float(flat_loss_and_grad(xs[i], key)[0])

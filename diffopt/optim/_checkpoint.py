@@ -1,4 +1,11 @@
-"""Atomic, pickle-free checkpoints of the fit loop."""
+"""Atomic, pickle-free checkpoints of the fit loop.
+
+A checkpoint is a plain ``.npz`` file written by rank 0: the loop state
+(parameters in the optimiser's variables, optimiser state, step), the random
+key, the history so far, and a description of the problem (shapes and dtypes
+of the state, bounds, whether a key and aux values are used), so that a file
+from another problem is refused rather than silently resumed.
+"""
 
 from __future__ import annotations
 
@@ -10,70 +17,88 @@ import numpy as np
 
 from .. import _comm
 
-_FORMAT = "diffopt-fit-checkpoint-1"
+_FORMAT = "diffopt-fit-checkpoint-2"
 
 
-def _signature(state, base_key) -> str:
-    leaves = jax.tree_util.tree_leaves(state)
-    parts = [f"{jnp.result_type(x)}{tuple(jnp.shape(x))}" for x in leaves]
-    parts.append("nokey" if base_key is None else "key")
+def checkpoint_problem(state, base_key, bounds, has_aux: bool) -> str:
+    """What a checkpoint must match to be resumed by this fit."""
+    parts = [f"{jnp.result_type(x)}{tuple(jnp.shape(x))}" for x in jax.tree_util.tree_leaves(state)]
+    parts.append("key" if base_key is not None else "no key")
+    parts.append("aux" if has_aux else "no aux")
+    if bounds is not None:
+        parts.append(f"bounds {np.asarray(bounds).tolist()}")
     return ";".join(parts)
 
 
-def save_checkpoint(path, state, base_key, params_hist, loss_hist, comm) -> None:
-    """Rank 0 writes the loop state and history to ``path`` (temp file, then rename)."""
+def save_checkpoint(path, problem: str, state, base_key, history: dict, comm) -> None:
+    """Rank 0 writes the loop state and history to ``path``: a temporary file, then renamed.
+
+    A job killed while writing leaves the previous checkpoint intact.
+    """
     if _comm.rank(comm) != 0:
         return
     arrays = {f"state_{i}": np.asarray(x) for i, x in enumerate(jax.tree_util.tree_leaves(state))}
     if base_key is not None:
         arrays["key"] = np.asarray(jax.random.key_data(base_key))
-    tmp = f"{path}.tmp-{os.getpid()}.npz"
-    np.savez(
-        tmp, format=np.array(_FORMAT), signature=np.array(_signature(state, base_key)),
-        params_history=params_hist, loss_history=loss_hist, **arrays,
-    )
+    arrays.update({f"aux_{i}": a for i, a in enumerate(history["aux"])})
+    path = os.fspath(path)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as f:
+        np.savez(
+            f, format=np.array(_FORMAT), problem=np.array(problem),
+            params_history=history["params"], loss_history=history["losses"], **arrays,
+        )
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
-def load_checkpoint(path, state, base_key, comm):
-    """Return ``(state, params_history, loss_history)`` from ``path``, or None if absent.
+def load_checkpoint(path, problem: str, state, base_key, comm):
+    """Return ``(state, history)`` from ``path``, or None if there is no file yet.
 
-    Rank 0 reads and broadcasts, so every rank resumes from the same state.
-    A file for another problem (other shapes, or no key where one is used)
-    raises ``ValueError``.
+    Rank 0 reads and broadcasts, so every rank resumes from the same state
+    (or raises the same ``ValueError``: a file that is not a fit checkpoint,
+    one of another problem, or one written with another random key).
     """
     loaded, error = None, None
     if _comm.rank(comm) == 0 and os.path.exists(path):
         try:
-            with np.load(path, allow_pickle=False) as f:
-                if "format" not in f or str(f["format"]) != _FORMAT:
-                    raise ValueError(f"checkpoint {path!r} is not a diffopt fit checkpoint")
-                expected = _signature(state, base_key)
-                if str(f["signature"]) != expected:
-                    raise ValueError(
-                        f"checkpoint {path!r} belongs to a different problem: it holds "
-                        f"{str(f['signature'])!r} where this fit needs {expected!r}; "
-                        "delete it or pass another checkpoint path"
-                    )
-                n = len(jax.tree_util.tree_leaves(state))
-                loaded = (
-                    [f[f"state_{i}"] for i in range(n)],
-                    f["key"] if "key" in f else None,
-                    f["params_history"],
-                    f["loss_history"],
-                )
+            loaded = _read(os.fspath(path), problem, len(jax.tree_util.tree_leaves(state)))
         except ValueError as exc:
             error = str(exc)
-        except Exception as exc:  # a truncated or foreign file
-            error = f"checkpoint {path!r} could not be read: {exc}"
     loaded, error = _comm.bcast((loaded, error), comm=comm)
     if error is not None:
         raise ValueError(error)
     if loaded is None:
         return None
-    leaves, key_data, params_hist, loss_hist = loaded
+    leaves, key_data, history = loaded
     if base_key is not None and not np.array_equal(key_data, np.asarray(jax.random.key_data(base_key))):
-        raise ValueError(f"checkpoint {path!r} was written with a different randkey")
+        raise ValueError(
+            f"checkpoint {str(path)!r} was written with a different randkey; pass the same "
+            "randkey to resume, or use another checkpoint path"
+        )
     treedef = jax.tree_util.tree_structure(state)
-    state = jax.tree_util.tree_unflatten(treedef, [jnp.asarray(x) for x in leaves])
-    return state, params_hist, loss_hist
+    return jax.tree_util.tree_unflatten(treedef, [jnp.asarray(x) for x in leaves]), history
+
+
+def _read(path: str, problem: str, num_leaves: int):
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            data = {name: f[name] for name in f.files}
+    except Exception as exc:  # a truncated, foreign or pickled file
+        raise ValueError(f"checkpoint {path!r} could not be read as a fit checkpoint: {exc}") from None
+    if "format" not in data or str(data["format"]) != _FORMAT:
+        raise ValueError(f"checkpoint {path!r} is not a diffopt fit checkpoint")
+    if str(data["problem"]) != problem:
+        raise ValueError(
+            f"checkpoint {path!r} belongs to a different problem: it holds {str(data['problem'])!r} "
+            f"where this fit needs {problem!r}; delete it or pass another checkpoint path"
+        )
+    leaves = [data[f"state_{i}"] for i in range(num_leaves)]
+    num_aux = sum(name.startswith("aux_") for name in data)
+    history = {
+        "params": data["params_history"],
+        "losses": data["loss_history"],
+        "aux": [data[f"aux_{i}"] for i in range(num_aux)],
+    }
+    return leaves, data.get("key"), history

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import numbers
+import os
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+
+from .. import _comm
+from ._flat import FlatSpec, flatten
 
 
 def check_count(name: str, value, minimum: int = 0) -> int:
@@ -23,7 +29,34 @@ def check_positive(name: str, value) -> float:
     return float(value)
 
 
-def check_finite_guess(flat: np.ndarray, name: str = "guess") -> None:
-    bad = np.flatnonzero(~np.isfinite(flat))
+def check_guess(guess, name: str = "guess") -> tuple[jax.Array, FlatSpec]:
+    """Flatten initial parameters: a non-empty pytree of finite real numbers."""
+    for leaf in jax.tree_util.tree_leaves(guess):
+        dtype = getattr(leaf, "dtype", None)
+        if dtype is None and isinstance(leaf, (int, float)) and not isinstance(leaf, bool):
+            continue
+        if dtype is None or not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
+            raise TypeError(
+                f"{name} must be an array (or a pytree of arrays) of real numbers, got "
+                f"{type(leaf).__name__}" + (f" of dtype {dtype}" if dtype is not None else "")
+            )
+    flat, spec = flatten(guess)
+    if flat.size == 0:
+        raise ValueError(f"{name} is empty: there are no parameters to fit")
+    host = np.asarray(flat)
+    bad = np.flatnonzero(~np.isfinite(host))
     if bad.size:
-        raise ValueError(f"{name} must be finite; parameter {int(bad[0])} is {flat[bad[0]]}")
+        raise ValueError(f"{name} must be finite; parameter {int(bad[0])} is {host[bad[0]]}")
+    return flat, spec
+
+
+def check_replicated_inputs(flat_guess: np.ndarray, key, comm) -> None:
+    """The guess and key must be the same on every rank, or the ranks' parameters drift apart."""
+    _comm.check_replicated(flat_guess, "guess", comm)
+    if key is not None:
+        _comm.check_replicated(np.asarray(jax.random.key_data(key)), "randkey", comm)
+
+
+def check_path(name: str, value) -> None:
+    if value is not None and not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a file path (str or os.PathLike) or None, got {type(value).__name__}")

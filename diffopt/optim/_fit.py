@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import warnings
@@ -17,9 +18,9 @@ from jaxtyping import Array, PyTree
 from .. import _comm
 from .._keys import as_key
 from ._bounds import Reparam, check_inside, parse_bounds
-from ._checkpoint import load_checkpoint, save_checkpoint
-from ._checks import check_count, check_finite_guess
-from ._flat import flatten, flatten_like, unflatten
+from ._checkpoint import checkpoint_problem, load_checkpoint, save_checkpoint
+from ._checks import check_count, check_guess, check_path, check_replicated_inputs
+from ._flat import flatten_like, unflatten
 from ._progress import progress_bar
 
 
@@ -54,7 +55,23 @@ class _LoopState(eqx.Module):
     z: Array
     opt_state: PyTree
     step: Array
-    done: Array
+    stopped: Array  # a non-finite loss or gradient was met
+
+
+@dataclasses.dataclass
+class _History:
+    """What a fit records, as lists of chunks (joined only when saved or returned)."""
+
+    params: list
+    losses: list
+    aux: list  # one list of chunks per aux leaf
+
+    def stacked(self) -> dict:
+        return {
+            "params": np.concatenate(self.params),
+            "losses": np.concatenate(self.losses),
+            "aux": [np.concatenate(rows) for rows in self.aux],
+        }
 
 
 def _select(pred, new, old):
@@ -85,7 +102,7 @@ def _run_chunk(loss_and_grad, optimizer, reparam, spec, base_key, const_randkey,
         out, g_z, p_flat = loss_and_grad_z(s.z, key)
         loss, aux = out if has_aux else (out, None)
         finite = jnp.isfinite(loss) & jnp.all(jnp.isfinite(g_z))
-        active = s.step < nsteps
+        active = (s.step < nsteps) & ~s.stopped
         if uses_extra_args:
             def value_fn(z):
                 o = loss_and_grad_z(z, key)[0]
@@ -96,12 +113,12 @@ def _run_chunk(loss_and_grad, optimizer, reparam, spec, base_key, const_randkey,
             )
         else:
             updates, opt_state = optimizer.update(g_z, s.opt_state, s.z)
-        go = finite & active & ~s.done
+        go = finite & active
         new = _LoopState(
             z=jnp.where(go, optax.apply_updates(s.z, updates), s.z),
             opt_state=_select(go, opt_state, s.opt_state),
             step=jnp.where(go, s.step + 1, s.step),
-            done=s.done | ~finite | ~active,
+            stopped=s.stopped | (active & ~finite),
         )
         return new, (p_flat, loss, aux, go)
 
@@ -180,81 +197,91 @@ def fit(
     nsteps = check_count("nsteps", nsteps)
     thin = check_count("thin", thin, minimum=1)
     checkpoint_every = check_count("checkpoint_every", checkpoint_every, minimum=1)
+    check_path("checkpoint", checkpoint)
     if not isinstance(optimizer, optax.GradientTransformation):
         raise TypeError(
             f"optimizer must be an optax.GradientTransformation, got {type(optimizer).__name__}"
         )
     comm = _comm.default_comm(comm)
-    flat_guess, spec = flatten(guess)
+    flat_guess, spec = check_guess(guess)
     host_guess = np.asarray(flat_guess)
-    check_finite_guess(host_guess)
-    _comm.check_replicated(host_guess, "guess", comm)
     bounds = parse_bounds(param_bounds, flat_guess.size)
     reparam = None
     if bounds is not None:
         check_inside(host_guess, bounds)
         reparam = Reparam(jnp.asarray(bounds[0], flat_guess.dtype), jnp.asarray(bounds[1], flat_guess.dtype))
     base_key = as_key(randkey)
+    check_replicated_inputs(host_guess, base_key, comm)
 
     z0 = flat_guess if reparam is None else reparam.from_params(flat_guess)
     state = _LoopState(z0, optimizer.init(z0), jnp.asarray(0), jnp.asarray(False))
-    # Rows of (params at which the loss was evaluated, that loss).
-    params_rows = [np.zeros((0, flat_guess.size), host_guess.dtype)]
-    loss_rows = [np.zeros(0, host_guess.dtype)]
-    aux_rows = []
+    # Chunks of rows: the params at which the loss was evaluated, that loss, its aux leaves.
+    history = _History([np.empty((0, host_guess.size), host_guess.dtype)], [host_guess[:0]], [])
+    aux_treedef = None
     if checkpoint is not None:
-        resumed = load_checkpoint(checkpoint, state, base_key, comm)
+        problem = checkpoint_problem(state, base_key, bounds, has_aux)
+        resumed = load_checkpoint(checkpoint, problem, state, base_key, comm)
         if resumed is not None:
-            state, params_rows[0], loss_rows[0] = resumed
+            state, saved = resumed
+            history = _History([saved["params"]], [saved["losses"]], [[a] for a in saved["aux"]])
+            if int(state.step) > nsteps:
+                raise ValueError(
+                    f"checkpoint {str(checkpoint)!r} already holds {int(state.step)} steps, more "
+                    f"than nsteps={nsteps}; ask for at least {int(state.step)} steps or use "
+                    "another checkpoint path"
+                )
 
     chunk = checkpoint_every if checkpoint is not None else math.ceil(nsteps / 20)
     chunk = max(1, min(chunk, nsteps, 1000))
     final = state.z if reparam is None else reparam.to_params(state.z)
-    stopped = False
     with progress_bar(nsteps, desc, progress, comm) as bar:
         bar.update(int(state.step))
         while int(state.step) < nsteps:
             start = int(state.step)
             state, (p, losses, aux, went), final = _run_chunk(
                 loss_and_grad, optimizer, reparam, spec, base_key, const_randkey,
-                has_aux, nsteps, chunk, state,
+                has_aux, jnp.asarray(nsteps), chunk, state,
             )
             went = np.asarray(went)
-            params_rows.append(np.asarray(p)[went])
-            loss_rows.append(np.asarray(losses)[went])
+            history.params.append(np.asarray(p)[went])
+            history.losses.append(np.asarray(losses)[went])
             if has_aux:
-                aux_rows.append(jax.tree_util.tree_map(lambda a: np.asarray(a)[went], aux))
+                leaves, aux_treedef = jax.tree_util.tree_flatten(aux)
+                history.aux = history.aux or [[] for _ in leaves]
+                for rows, leaf in zip(history.aux, leaves):
+                    rows.append(np.asarray(leaf)[went])
             bar.update(int(state.step) - start)
-            if int(state.step) < nsteps:
-                if bool(state.done):
-                    warnings.warn(
-                        f"{desc}: the loss or its gradient became non-finite at step "
-                        f"{int(state.step)} (loss = {np.asarray(losses)[~went][0]}); stopped "
-                        "there, returning the history up to the last finite step",
-                        RuntimeWarning,
-                        stacklevel=2,
-                    )
-                    stopped = True
-                    break
-                if checkpoint is not None:
-                    save_checkpoint(
-                        checkpoint, state, base_key, np.concatenate(params_rows),
-                        np.concatenate(loss_rows), comm,
-                    )
+            if bool(state.stopped):
+                warnings.warn(
+                    f"{desc}: the loss or its gradient became non-finite at step "
+                    f"{int(state.step)} (loss = {np.asarray(losses)[~went][0]}); stopped "
+                    "there, returning the history up to the last finite step",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                break
+            if checkpoint is not None:
+                save_checkpoint(checkpoint, problem, state, base_key, history.stacked(), comm)
 
-    params = np.concatenate(params_rows)
-    if not stopped:
+    recorded = history.stacked()
+    params = recorded["params"]
+    if not bool(state.stopped):
         params = np.concatenate([params, np.asarray(final)[None]])
-    losses = np.concatenate(loss_rows)
     keep = np.arange(0, len(params), thin)
     if keep[-1] != len(params) - 1:
         keep = np.append(keep, len(params) - 1)
     aux = None
-    if aux_rows:
-        aux = jax.tree_util.tree_map(lambda *a: jnp.asarray(np.concatenate(a)[::thin]), *aux_rows)
+    if has_aux:
+        if aux_treedef is None:  # resumed from a finished checkpoint: nothing ran
+            key0 = None if base_key is None else jax.random.fold_in(base_key, 0)
+            (_, aux_shape), _ = jax.eval_shape(loss_and_grad, unflatten(flat_guess, spec), key0)
+            aux_treedef = jax.tree_util.tree_structure(aux_shape)
+        aux = jax.tree_util.tree_unflatten(
+            aux_treedef, [jnp.asarray(a[::thin]) for a in recorded["aux"]]
+        )
     params = jnp.asarray(params[keep])
     if isinstance(guess, (jax.Array, np.ndarray)):
         params = params.reshape((len(params),) + jnp.shape(guess))
     else:
         params = jax.vmap(lambda p: unflatten(p, spec))(params)
-    return FitResult(params, jnp.asarray(losses[::thin]), aux)
+    return FitResult(params, jnp.asarray(recorded["losses"][::thin]), aux)

@@ -27,8 +27,6 @@ import numpy as np  # noqa: E402
 
 from diffopt import _comm, kdescent, multigrad  # noqa: E402
 
-_comm.install_abort_on_error()
-
 LEAVES = ("kernel_centers", "kernel_cov", "kde_counts", "kde_err", "fourier_positions",
           "fourier_counts", "fourier_err", "training_mean", "training_sum_of_weights")
 

@@ -1,30 +1,76 @@
-"""Under mpiexec -n 3: rank 1 raises at its second sumstats call during run_adam."""
+"""Under mpiexec -n 3: rank 1 raises part-way through a multi-rank operation.
 
-import jax.numpy as jnp
+Usage: rank_raises.py OPERATION, one of
+
+- sumstats, loss_and_grad, run_adam, run_bfgs: the user's model raises at its
+  second evaluation on rank 1 (inside compiled code for all but sumstats);
+- pso: the user's loss raises at its second call on rank 1;
+- pretrainer: diffopt itself raises on rank 1, whose second call of
+  ``KPretrainer.from_training_data`` gets data with a NaN row, while the
+  other ranks go on into the pretraining's collectives.
+
+The raising rank prints ``RAISED_AT <unix time>`` just before it raises, so
+the test can time how long the job takes to end after the raise.
+"""
+
+import sys
+import time
+
 import jax
+import jax.numpy as jnp
+import numpy as np
 from mpi4py import MPI
 
-from diffopt import multigrad
+from diffopt import kdescent, multigrad, multiswarm
 
-calls = {"n": 0}
+operation = sys.argv[1]
+rank = MPI.COMM_WORLD.rank
+calls = 0
 
 
-def count(x):
-    calls["n"] += 1
-    if MPI.COMM_WORLD.rank == 1 and calls["n"] == 2:
+def user_code(x):
+    global calls
+    calls += 1
+    if rank == 1 and calls == 2:
+        print(f"RAISED_AT {time.time()!r}", flush=True)
         raise RuntimeError("boom from the user's model")
     return x
 
 
 class Model(multigrad.OnePointModel):
     def calc_partial_sumstats_from_params(self, params):
-        return jax.pure_callback(count, jax.ShapeDtypeStruct(params.shape, params.dtype), params)
+        # The callback runs the user's code at every evaluation, compiled or not;
+        # it sits off the differentiated path.
+        shape = jax.ShapeDtypeStruct(params.shape, params.dtype)
+        echo = jax.pure_callback(user_code, shape, jax.lax.stop_gradient(params))
+        return (params + 0 * echo) * self.aux_data
 
     def calc_loss_from_sumstats(self, sumstats):
-        return jnp.sum(sumstats**2)
+        return jnp.sum((sumstats - 1.0) ** 2)
 
 
-model = Model()
-for _ in range(3):
-    model.calc_loss_from_params(jnp.ones(2))
-print("unreachable on every rank", flush=True)
+model = Model(aux_data=jnp.float32(rank + 1))
+guess = jnp.array([0.5, 2.0])
+if operation == "sumstats":
+    for _ in range(3):
+        model.calc_sumstats_from_params(guess)
+elif operation == "loss_and_grad":
+    for _ in range(3):
+        jax.block_until_ready(model.calc_loss_and_grad_from_params(guess))
+elif operation == "run_adam":
+    model.run_adam(guess, nsteps=5, progress=False)
+elif operation == "run_bfgs":
+    model.run_bfgs(guess, maxsteps=5, progress=False)
+elif operation == "pso":
+    swarm = multiswarm.ParticleSwarm(nparticles=6, ndim=2, xlow=-1, xhigh=1)
+    swarm.run_pso(lambda x: float(np.sum(user_code(x) ** 2)), nsteps=3, progress=False, vectorize=False)
+elif operation == "pretrainer":
+    data = np.random.default_rng(0).normal(size=(200, 2))
+    for call in (1, 2):
+        if rank == 1 and call == 2:
+            data[5, 0] = np.nan
+            print(f"RAISED_AT {time.time()!r}", flush=True)
+        kdescent.KPretrainer.from_training_data(data, num_pretrain_kernels=100, comm=MPI.COMM_WORLD)
+else:
+    raise SystemExit(f"unknown operation {operation!r}")
+print(f"unreachable: rank {rank} finished {operation}", flush=True)
