@@ -21,13 +21,18 @@ _FORMAT = "diffopt-fit-checkpoint-2"
 
 
 def checkpoint_problem(state, base_key, bounds, has_aux: bool) -> str:
-    """What a checkpoint must match to be resumed by this fit."""
-    parts = [f"{jnp.result_type(x)}{tuple(jnp.shape(x))}" for x in jax.tree_util.tree_leaves(state)]
-    parts.append("key" if base_key is not None else "no key")
-    parts.append("aux" if has_aux else "no aux")
-    if bounds is not None:
-        parts.append(f"bounds {np.asarray(bounds).tolist()}")
-    return ";".join(parts)
+    """What a checkpoint must match to be resumed by this fit, in words."""
+    opt_state = ", ".join(
+        f"{jnp.result_type(x)}{tuple(jnp.shape(x))}" for x in jax.tree_util.tree_leaves(state.opt_state)
+    )
+    parts = [
+        f"{jnp.size(state.z)} {jnp.result_type(state.z)} parameters",
+        f"optimiser state [{opt_state}]",
+        "a random key" if base_key is not None else "no random key",
+        "aux values" if has_aux else "no aux values",
+        "no bounds" if bounds is None else f"bounds {np.asarray(bounds).T.tolist()}",
+    ]
+    return "; ".join(parts)
 
 
 def save_checkpoint(path, problem: str, state, base_key, history: dict, comm) -> None:
