@@ -14,13 +14,14 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-# [1]:
+# --8<-- [start:cell1]
 import functools
 import numpy as np
 import jax.numpy as jnp
 import jax.random
 import matplotlib.pyplot as plt
 from diffopt import kdescent
+# --8<-- [end:cell1]
 
 # Each plt.show() of the tutorial writes the current figure to a PNG file.
 _figure_count = 0
@@ -35,10 +36,11 @@ def _show_as_png():
 
 plt.show = _show_as_png
 
-# [8]:
+# --8<-- [start:cell8]
 import seaborn as sns
+# --8<-- [end:cell8]
 
-# [9]:
+# --8<-- [start:cell9]
 model_nsample = 20_000
 data_nsample = 10_000  # same volume, but undersampled below logM* < 10.5
 
@@ -102,9 +104,9 @@ def generate_model(params, randkey, undersample=False, nsample=model_nsample):
     data = jnp.concatenate([data_sf, data_q])
     weights = jnp.concatenate([1 - qfrac, qfrac])
     return data, weights
+# --8<-- [end:cell9]
 
-
-# [10]:
+# --8<-- [start:cell10]
 truth_logmmin = 9.0
 truth_logmrange = 3.0
 
@@ -155,8 +157,9 @@ training_x_weighted, training_w = generate_model(
 training_selection = jax.random.uniform(
     jax.random.split(truth_randkey)[0], training_w.shape) < training_w
 training_x = training_x_weighted[training_selection]
+# --8<-- [end:cell10]
 
-# [11]:
+# --8<-- [start:cell11]
 lowmass_cut = [9.0, 9.5]
 midmass_cut = [10.25, 10.75]
 highmass_cut = [11.5, 12.0]
@@ -274,13 +277,14 @@ def make_sumstat_plot(params, txt="", fig=None, prev_layers=None):
     ax.set_ylim(-4, 7)
     return [hex1, hex2, hex3, hist1, hist2, hist3, hist4,
             text1, text2, text3, text4, text5]
+# --8<-- [end:cell11]
 
-
-# [12]:
+# --8<-- [start:cell12]
 make_sumstat_plot(truth, txt="Truth")
 plt.show()
+# --8<-- [end:cell12]
 
-# [13]:
+# --8<-- [start:cell13]
 ktrain_lowmass = kdescent.KPretrainer.from_training_data(
     training_x[is_noweight_lowmass, :2],
     bandwidth_factor=0.3, fourier_range_factor=3.0,
@@ -362,9 +366,9 @@ def lossfunc(params, randkey):
     ])
 
     return jnp.mean(sqerrs)
+# --8<-- [end:cell13]
 
-
-# [14]:
+# --8<-- [start:cell14]
 adam_params, adam_losses = kdescent.adam(
     lossfunc, guess, nsteps=600, param_bounds=bounds,
     learning_rate=0.05, randkey=12345)
@@ -374,8 +378,9 @@ plt.semilogy(adam_losses)
 plt.xlabel("Adam step", fontsize=14)
 plt.ylabel("Loss", fontsize=14)
 plt.show()
+# --8<-- [end:cell14]
 
-# [15]:
+# --8<-- [start:cell15]
 fig = plt.figure(figsize=(20, 9), layout="constrained")
 fig.set_facecolor("0.05")
 figs = fig.subfigures(1, 2, wspace=0.004)
@@ -387,3 +392,4 @@ make_sumstat_plot(
     adam_params[-1],
     txt=f"Solution after {len(adam_params)-1} evaluations", fig=figs[1])
 plt.show()
+# --8<-- [end:cell15]

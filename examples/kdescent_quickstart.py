@@ -11,13 +11,14 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-# [1]:
+# --8<-- [start:cell1]
 import functools
 import numpy as np
 import jax.numpy as jnp
 import jax.random
 import matplotlib.pyplot as plt
 from diffopt import kdescent
+# --8<-- [end:cell1]
 
 # Each plt.show() of the tutorial writes the current figure to a PNG file.
 _figure_count = 0
@@ -32,7 +33,7 @@ def _show_as_png():
 
 plt.show = _show_as_png
 
-# [2]:
+# --8<-- [start:cell2]
 data_nsample = 10_000
 model_nsample = 5_000
 
@@ -48,9 +49,9 @@ def generate_data(params, randkey, nsample=model_nsample):
                      [cov12, cov22]])
     return jax.random.multivariate_normal(
         randkey, mean, cov, shape=(nsample,))
+# --8<-- [end:cell2]
 
-
-# [3]:
+# --8<-- [start:cell3]
 truth_params = jnp.array([1.6, 2.9, 0.8, 1.25, -0.2])
 truth_randkey = jax.random.key(42)
 training_x = generate_data(truth_params, truth_randkey, nsample=data_nsample)
@@ -62,8 +63,9 @@ plt.text(0.95, 0.95, "Training data", fontsize=14,
 plt.xlabel("$x_1$", fontsize=14)
 plt.ylabel("$x_2$", fontsize=14)
 plt.show()
+# --8<-- [end:cell3]
 
-# [4]:
+# --8<-- [start:cell4]
 ktrain = kdescent.KPretrainer.from_training_data(
     training_x, num_eval_kernels=20)
 kde = kdescent.KCalc(ktrain)
@@ -82,14 +84,15 @@ def lossfunc(params, randkey):
 
     # Return the mean-squared error of our metrics
     return jnp.mean((model_kde_density - truth_kde_density)**2)
+# --8<-- [end:cell4]
 
-
-# [5]:
+# --8<-- [start:cell5]
 ktrain.save("pretrainer.npz")
 ktrain = kdescent.KPretrainer.load("pretrainer.npz")
 kde = kdescent.KCalc(ktrain)
+# --8<-- [end:cell5]
 
-# [6]:
+# --8<-- [start:cell6]
 # Define initial guess and bounds for our parameters
 guess = jnp.array([0., 0., 1., 1., 0.])
 bounds = jnp.array([[-jnp.inf, jnp.inf], [-jnp.inf, jnp.inf],
@@ -101,8 +104,9 @@ adam_params, adam_losses = kdescent.adam(
     learning_rate=1.0, randkey=12345)
 print("Final params =", adam_params[-1])
 print("True params =", truth_params)
+# --8<-- [end:cell6]
 
-# [7]:
+# --8<-- [start:cell7]
 fig, axes = plt.subplots(ncols=2, figsize=(8, 3.5))
 axes[0].hexbin(*training_x.T, mincnt=1, gridsize=100)
 axes[0].scatter(*generate_data(guess, truth_randkey).T,
@@ -120,3 +124,4 @@ axes[1].text(0.02, 0.02, f"Solution", fontsize=13,
 axes[1].set_xlim(-2.5, 4.5)
 axes[1].set_ylim(-3, 7)
 plt.show()
+# --8<-- [end:cell7]

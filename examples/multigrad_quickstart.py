@@ -3,6 +3,7 @@
 Run with MPLBACKEND=Agg to write no windows; the figures are saved by the
 last lines (not part of the notebook) into the folder given as argv[1].
 """
+# --8<-- [start:cell1]
 from mpi4py import MPI
 import jax.scipy
 from jax import numpy as jnp
@@ -10,7 +11,9 @@ import numpy as np
 import matplotlib.pyplot as plt
 
 from diffopt import multigrad
+# --8<-- [end:cell1]
 
+# --8<-- [start:cell2]
 # Generate fake halo masses between 10^10 < M_h < 10^11 as a power law
 def load_halo_masses(num_halos=10_000, comm=MPI.COMM_WORLD):
     quantile = jnp.linspace(0, 0.9, num_halos)
@@ -50,14 +53,18 @@ def calc_smf(params, smf_bin_edges, volume, log_halo_masses):
         smf.append(smf_bin)
         logsm_low = logsm_high
     return jnp.array(smf)
+# --8<-- [end:cell2]
 
+# --8<-- [start:cell3]
 volume = 1.0
 smf_bin_edges = jnp.linspace(9, 10, 11)
 
 true_params = jnp.array([-2.0, -0.5])
 log_halo_masses = jnp.log10(load_halo_masses(10_000))
 true_smf = calc_smf(true_params, smf_bin_edges, volume, log_halo_masses)
+# --8<-- [end:cell3]
 
+# --8<-- [start:cell4]
 def plot_hmf_and_smf(smf, plotarg="C0o-", label=None, axes=None):
     if axes is None:
         _, axes = plt.subplots(ncols=2, figsize=(10, 4))
@@ -75,7 +82,9 @@ def plot_hmf_and_smf(smf, plotarg="C0o-", label=None, axes=None):
 
 plot_hmf_and_smf(true_smf, label="truth")
 plt.show()
+# --8<-- [end:cell4]
 
+# --8<-- [start:cell5]
 class MySMFModel(multigrad.OnePointModel):
     def calc_partial_sumstats_from_params(self, params):
         # Accessing global variables is fine, but I prefer to store them in
@@ -92,7 +101,9 @@ class MySMFModel(multigrad.OnePointModel):
         sumstats = jnp.log10(sumstats + 1e-10)
         # Reduced chi2 loss function assuming unit errors (mean squared error)
         return jnp.mean((sumstats - target_sumstats)**2)
+# --8<-- [end:cell5]
 
+# --8<-- [start:cell6]
 aux_data = dict(
     log_halo_masses=log_halo_masses,
     smf_bin_edges=smf_bin_edges,
@@ -100,7 +111,9 @@ aux_data = dict(
     target_sumstats=true_smf  # SMF at truth: params=(-2.0, 0.2)
 )
 model = MySMFModel(aux_data=aux_data)
+# --8<-- [end:cell6]
 
+# --8<-- [start:cell7]
 # Since this notebook kernel is only a single MPI rank, the partial sumstats
 # are identical to the total sumstats:
 assert np.all(model.calc_partial_sumstats_from_params(true_params) ==
@@ -120,7 +133,9 @@ loss, gradloss = model.calc_loss_and_grad_from_params(
 print("At true_params + [0.1, 0.1]:")
 print("Loss =", loss)
 print("Grad(loss) =", gradloss)
+# --8<-- [end:cell7]
 
+# --8<-- [start:cell8]
 # Initial guess for our parameters. If it's too far off, there is always a
 # risk of getting stuck in local minima or other zero-valued gradients
 init_params = true_params + jnp.array([-1.5, 0.7])
@@ -133,12 +148,15 @@ print("True params =", true_params, flush=True)
 print("Converged params =", results.x, flush=True)
 print("\nFull results info:", flush=True)
 print(results, flush=True)
+# --8<-- [end:cell8]
 
+# --8<-- [start:cell9]
 axes = plot_hmf_and_smf(true_smf, label="Truth")
 axes = plot_hmf_and_smf(model.calc_sumstats_from_params(init_params),
                         "k--", label="Initial guess", axes=axes)
 axes = plot_hmf_and_smf(model.calc_sumstats_from_params(results.x),
                         "r--", label="Best fit", axes=axes)
+# --8<-- [end:cell9]
 
 # --- not part of the notebook: save the figures for the docs and tests ---
 import sys as _sys, pathlib as _pathlib

@@ -1,10 +1,6 @@
-"""multigrad: exactness across ranks, the seed quickstart, fits and bad input."""
+"""multigrad: exactness across ranks, fits and bad input (the seed quickstart runs in test_docs.py)."""
 
 from __future__ import annotations
-
-import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +9,7 @@ import optax
 import pytest
 from mpi4py import MPI
 
-from conftest import REPO, TESTS, mpi_env, run_mpi
+from conftest import TESTS, run_mpi
 from diffopt import multigrad
 
 
@@ -38,31 +34,6 @@ def test_fits_agree_between_1_and_3_ranks(tmp_path):
     one, three = np.load(tmp_path / "fits1.npz"), np.load(tmp_path / "fits3.npz")
     for name in one.files:
         np.testing.assert_allclose(one[name], three[name], rtol=1e-6, atol=1e-8, err_msg=name)
-
-
-def test_quickstart_notebook_runs_unchanged(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "examples" / "multigrad_quickstart.py"), str(tmp_path)],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path,
-        env={**os.environ, "MPLBACKEND": "Agg"},
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "BGFS has converged: True" in proc.stdout
-    line = [l for l in proc.stdout.splitlines() if l.startswith("Converged params")][0]
-    converged = np.array(line.split("[")[1].split("]")[0].split(), dtype=float)
-    np.testing.assert_allclose(converged, [-2.0, -0.5], atol=1e-4)
-    assert len(list(tmp_path.glob("multigrad_quickstart_*.png"))) >= 2
-
-
-@pytest.mark.mpi
-def test_smf_grad_descent_script_on_3_ranks(tmp_path):
-    proc = run_mpi(REPO / "examples" / "smf_grad_descent.py", 3, cwd=tmp_path,
-                   env={**mpi_env(), "MPLBACKEND": "Agg"})
-    assert "BGFS has converged: True" in proc.stdout
-    line = [l for l in proc.stdout.splitlines() if l.startswith("Converged params")][0]
-    converged = np.array(line.split("[")[1].split("]")[0].split(), dtype=float)
-    np.testing.assert_allclose(converged, [-2.0, -0.5], atol=1e-4)
-    assert (tmp_path / "smf_gradient_descent.png").exists()
 
 
 class Quadratic(multigrad.OnePointModel):

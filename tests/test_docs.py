@@ -1,0 +1,125 @@
+"""The documentation: every page's code runs and shows what the page says, and the site builds.
+
+The pages run in a copy of the docs tree (docs/, mkdocs.yml and the examples
+the pages include), so the figures they draw land in the copy, not in the
+committed docs/images/. The site is then built from that copy with
+``mkdocs build --strict``: any warning of mkdocs or mkdocstrings fails.
+This is also where the two tutorials run (examples/multigrad_quickstart.py,
+examples/kdescent_*.py hold their cells, which the pages include).
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+from docs_harness import SHOWN_IMAGE, run_page
+
+PAGES = sorted(p.name for p in (REPO / "docs").glob("*.md"))
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> Path:
+    """A copy of everything the site is built from."""
+    root = tmp_path_factory.mktemp("docs_tree")
+    for name in ("docs", "examples"):
+        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "mkdocs.yml", root / "mkdocs.yml")
+    return root
+
+
+def printed(output: str, label: str) -> np.ndarray:
+    """The numbers that ``print(label, value)`` printed (the first time)."""
+    match = re.search(re.escape(label) + r"\s*(\[[^\]]*\]|\S+)", output)
+    assert match, f"{label!r} was not printed"
+    return np.array(match.group(1).strip("[]").split(), dtype=float)
+
+
+def check_multigrad_quickstart(run, workdir):
+    three_ranks, notebook = run.outputs
+    # As the tutorial says: zero loss and gradient at the truth, then BFGS finds it.
+    at_truth = notebook.split("At true_params:")[1]
+    assert abs(printed(at_truth, "Loss =")[0]) < 1e-10
+    np.testing.assert_allclose(printed(at_truth, "Grad(loss) ="), 0, atol=1e-6)
+    for output in (notebook, three_ranks):
+        assert "BGFS has converged: True" in output
+        np.testing.assert_allclose(printed(output, "Converged params ="), [-2.0, -0.5], atol=1e-4)
+
+
+def check_kdescent_quickstart(run, workdir):
+    (output,) = run.outputs
+    assert (workdir / "pretrainer.npz").is_file()
+    # The 5-parameter fit recovers the truth.
+    np.testing.assert_allclose(printed(output, "Final params ="), run.kept["truth_params"], atol=0.25)
+    # The 20-parameter fit lowers its loss tenfold.
+    params, losses = run.kept["adam_params"], run.kept["adam_losses"]
+    assert params.shape == (601, 20) and losses.shape == (600,)
+    assert np.all(np.isfinite(losses))
+    assert losses[:10].mean() > 10 * losses[-10:].mean(), (losses[:10].mean(), losses[-10:].mean())
+    np.testing.assert_allclose(printed(output, "Best fit params ="), params[-1], rtol=1e-6)
+
+
+def check_many_ranks(run, workdir):
+    assert "3 rank(s) holding [67, 133, 0] points" in run.outputs[2]
+    assert "2 surveys on 3 ranks" in run.outputs[3]
+    assert "4 ranks, 2 pairs" in run.outputs[4]
+
+
+def check_fisher(run, workdir):
+    one, three = np.load(workdir / "fisher_1.npz"), np.load(workdir / "fisher_3.npz")
+    difference = np.max(np.abs(three["fisher"] - one["fisher"])) / np.max(np.abs(one["fisher"]))
+    assert difference < 1e-13
+    assert float(three["finite differences"]) < 1e-7
+
+
+# What each page claims, checked on the output of its code and the globals it
+# keeps (the pages' code and scripts also assert their own claims).
+CHECKS = {
+    "multigrad-quickstart.md": ((), check_multigrad_quickstart),
+    "kdescent-quickstart.md": (("truth_params", "adam_params", "adam_losses"), check_kdescent_quickstart),
+    "many-ranks.md": ((), check_many_ranks),
+    "fisher.md": ((), check_fisher),
+}
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("page", PAGES)
+def test_page_runs_and_shows_what_it_claims(tree, page, tmp_path):
+    keep, check = CHECKS.get(page, ((), None))
+    run = run_page(tree / "docs" / page, tree, tmp_path, tree / "docs" / "images", keep)
+    if check is not None:
+        check(run, tmp_path)
+    for image in SHOWN_IMAGE.findall((tree / "docs" / page).read_text()):
+        assert (tmp_path / image).is_file(), f"{page} shows {image}, which its code did not draw"
+
+
+def test_every_page_is_in_the_navigation():
+    nav = (REPO / "mkdocs.yml").read_text()
+    for page in PAGES + [f"api/{p.name}" for p in (REPO / "docs" / "api").glob("*.md")]:
+        assert f": {page}" in nav, f"{page} is not in mkdocs.yml's nav"
+
+
+@pytest.mark.parametrize("module", ["multigrad", "kdescent", "multiswarm", "optim"])
+def test_api_reference_lists_every_public_name(module):
+    page = (REPO / "docs" / "api" / f"{module}.md").read_text()
+    documented = set(re.findall(rf"^::: diffopt\.{module}\.(\w+)$", page, re.M))
+    assert documented == set(importlib.import_module(f"diffopt.{module}").__all__)
+
+
+def test_site_builds_in_strict_mode(tree):
+    """Runs after the pages (pytest keeps file order), so it builds with the figures they just drew."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tree / "site")],
+        cwd=tree, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    for page in ("index.html", "fisher/index.html", "api/multigrad/index.html"):
+        assert (tree / "site" / page).is_file(), page
