@@ -244,7 +244,7 @@ def test_checkpoint_errors(tmp_path):
     with pytest.raises(ValueError, match="not a diffopt.multiswarm checkpoint"):
         swarm.run_pso(ackley, nsteps=5, progress=False, checkpoint=tmp_path / "other.npz")
     (tmp_path / "junk.npz").write_bytes(b"not a zip file")
-    with pytest.raises(ValueError, match="not a readable"):
+    with pytest.raises(ValueError, match="cannot be read as .npz"):
         swarm.run_pso(ackley, nsteps=5, progress=False, checkpoint=tmp_path / "junk.npz")
 
 

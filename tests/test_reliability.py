@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO, TESTS, run_mpi
+from conftest import TESTS, mpi_env, mpiexec_path, run_mpi
 from diffopt import kdescent, multigrad, multiswarm
 
 # --- a failing rank ends the job ------------------------------------------------------------
@@ -83,62 +83,40 @@ def test_non_finite_loss_stops_kdescent_adam_with_the_step():
 
 # --- checkpoints ------------------------------------------------------------------------------------
 
-FIT_SCRIPT = r"""
-import sys, time
-import jax, jax.numpy as jnp, numpy as np
-from diffopt import multigrad
-
-class Model(multigrad.OnePointModel):
-    def calc_partial_sumstats_from_params(self, params, randkey):
-        x = self.aux_data
-        return jnp.stack([jnp.sum(jnp.exp(-(x - params[0]) ** 2 / params[1])), jnp.sum(x * params[0])])
-
-    def calc_loss_from_sumstats(self, sumstats, randkey):
-        jax.debug.callback(lambda: time.sleep(0.004))  # a slow model, so the fit can be killed
-        noise = 0.01 * jax.random.normal(randkey)
-        return jnp.sum((sumstats - jnp.array([12.0, 3.0])) ** 2) * (1 + noise)
-
-out, checkpoint = sys.argv[1], (sys.argv[2] if len(sys.argv) > 2 else None)
-model = Model(aux_data=jnp.linspace(-2, 3, 40))
-params = model.run_adam(jnp.array([0.3, 1.0]), nsteps=400, learning_rate=0.02, randkey=7,
-                        param_bounds=[None, (0.1, 5.0)], progress=False,
-                        checkpoint=checkpoint, checkpoint_every=20)
-np.save(out, np.asarray(params))
-"""
+def _steps_saved(checkpoint):
+    """How many steps the checkpoint holds (0 while there is none)."""
+    if not checkpoint.exists():
+        return 0
+    with np.load(checkpoint, allow_pickle=False) as f:
+        return int(f["nsteps_done"]) if "nsteps_done" in f.files else len(f["loss_history"])
 
 
-def _fit_command(*args):
-    return [sys.executable, "-c", FIT_SCRIPT, *map(str, args)]
-
-
-def _fit_env():
-    return dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-
-
-def test_fit_killed_with_sigkill_resumes_to_identical_params(tmp_path):
-    subprocess.run(_fit_command(tmp_path / "reference.npy"), env=_fit_env(), check=True, timeout=300)
+@pytest.mark.mpi
+@pytest.mark.parametrize("kind, nranks, nsteps", [("adam", 1, 400), ("adam", 2, 400), ("pso", 2, 300)])
+def test_job_killed_with_sigkill_resumes_to_identical_params(tmp_path, kind, nranks, nsteps):
+    script = TESTS / "mpi" / "long_fit.py"
+    run_mpi(script, nranks, kind, str(tmp_path / "reference.npy"))
     reference = np.load(tmp_path / "reference.npy")
-    assert reference.shape == (401, 2)
+    assert len(reference) == (nsteps + 1 if kind == "adam" else nsteps)
 
+    # The whole job, every rank and mpiexec, is killed at once, as when a node is lost.
     checkpoint = tmp_path / "fit.npz"
-    proc = subprocess.Popen(_fit_command(tmp_path / "killed.npy", checkpoint), env=_fit_env())
+    command = [mpiexec_path(), "-n", str(nranks), "--oversubscribe", sys.executable, str(script), kind,
+               str(tmp_path / "killed.npy"), str(checkpoint)]
+    proc = subprocess.Popen(command, env=mpi_env(), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
-    saved_step = 0
-    while saved_step < 100 and time.time() < deadline and proc.poll() is None:
+    while _steps_saved(checkpoint) < nsteps // 4 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
-        if checkpoint.exists():
-            with np.load(checkpoint, allow_pickle=False) as f:
-                saved_step = len(f["loss_history"])
-    proc.send_signal(signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)
     assert proc.wait(timeout=30) == -signal.SIGKILL, "the fit finished before it could be killed"
     assert not (tmp_path / "killed.npy").exists()
-    with np.load(checkpoint, allow_pickle=False) as f:
-        resumed_from = len(f["loss_history"])
-    assert 100 <= resumed_from < 400 and resumed_from % 20 == 0
+    resumed_from = _steps_saved(checkpoint)
+    assert nsteps // 4 <= resumed_from < nsteps and resumed_from % 20 == 0
 
-    subprocess.run(_fit_command(tmp_path / "resumed.npy", checkpoint), env=_fit_env(), check=True, timeout=300)
+    run_mpi(script, nranks, kind, str(tmp_path / "resumed.npy"), str(checkpoint))
     np.testing.assert_array_equal(np.load(tmp_path / "resumed.npy"), reference)
-    assert not list(tmp_path.glob("*.tmp")), "a temporary checkpoint file was left behind"
+    assert not list(tmp_path.glob("*tmp*")), "a temporary checkpoint file was left behind"
 
 
 class Quadratic(multigrad.OnePointModel):

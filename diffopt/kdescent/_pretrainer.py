@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Complex, Float
 
-from .. import _comm
+from .. import _comm, _npz
 from . import _checks
 from ._kernels import fourier_sums_and_squares, gaussian_kernel_sums_and_squares
 
@@ -363,7 +363,11 @@ class KPretrainer(eqx.Module):
         """
         data = {name: np.asarray(getattr(self, name)) for name in _ARRAY_FIELDS}
         data.update({name: np.asarray(getattr(self, name)) for name in _STATIC_FIELDS})
-        np.savez(path, __format__=np.asarray(_FORMAT), __version__=np.asarray(_VERSION), **data)
+        path = os.fspath(path)
+        if not path.endswith(".npz"):
+            path += ".npz"
+        data.update(__format__=np.asarray(_FORMAT), __version__=np.asarray(_VERSION))
+        _npz.write_atomically(path, data)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> KPretrainer:
@@ -379,19 +383,7 @@ class KPretrainer(eqx.Module):
         path = os.fspath(path)
         if not os.path.exists(path) and os.path.exists(path + ".npz"):
             path = path + ".npz"
-        try:
-            npz = np.load(path, allow_pickle=False)
-        except FileNotFoundError:
-            raise
-        except Exception as exc:
-            raise ValueError(f"{path!r} is not a KPretrainer file (cannot be read as .npz: {exc})") from exc
-        if not isinstance(npz, np.lib.npyio.NpzFile):
-            raise ValueError(f"{path!r} is not a KPretrainer file (a single .npy array, not an .npz archive)")
-        with npz:
-            try:
-                fields = {name: npz[name] for name in npz.files}
-            except Exception as exc:
-                raise ValueError(f"{path!r} is not a KPretrainer file (unreadable field: {exc})") from exc
+        fields = _npz.read(path, "a KPretrainer file")
         return cls._from_fields(fields, path)
 
     @classmethod

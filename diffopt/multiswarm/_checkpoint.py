@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 
+from .._npz import read, write_atomically
 from ._update import SwarmState
 
 FORMAT = "diffopt.multiswarm.checkpoint/1"
@@ -33,7 +33,6 @@ def save_checkpoint(
 
     A run killed while writing leaves the previous checkpoint intact.
     """
-    path = Path(path)
     arrays = {
         "format": np.array(FORMAT),
         "nsteps_done": np.array(nsteps_done),
@@ -43,12 +42,7 @@ def save_checkpoint(
         **{name: np.asarray(getattr(state, name)) for name in _STATE_KEYS},
         **{name: history[name][:nsteps_done] for name in _HISTORY_KEYS},
     }
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomically(path, arrays)
 
 
 def load_checkpoint(
@@ -73,11 +67,7 @@ def load_checkpoint(
     ValueError
         If the file is not a swarm checkpoint or belongs to another problem.
     """
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {name: data[name] for name in data.files}
-    except (OSError, ValueError) as err:
-        raise ValueError(f"checkpoint {str(path)!r} is not a readable .npz file: {err}") from err
+    arrays = read(path, "a diffopt.multiswarm checkpoint")
     if arrays.get("format", np.array("")).item() != FORMAT:
         raise ValueError(f"checkpoint {str(path)!r} is not a diffopt.multiswarm checkpoint")
     for name, expected in problem.items():

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import ArrayLike, Float
 
-from .. import _comm
+from .. import _comm, _npz
 from .._keys import as_key
 from ..optim._checks import check_path
 from ._checkpoint import load_checkpoint, save_checkpoint
@@ -343,22 +343,17 @@ class ParticleSwarm:
 
     def _resume(self, path, nsteps: int, dtype):
         """Load ``path`` on rank 0 and share it; None when there is no checkpoint yet."""
-        loaded, error = None, None
-        if self.comm.rank == 0 and os.path.exists(path):
-            try:
-                loaded = load_checkpoint(path, self._problem(), dtype)
-                if loaded[2] > nsteps:
-                    raise ValueError(
-                        f"checkpoint {str(path)!r} already holds {loaded[2]} steps, more than "
-                        f"nsteps={nsteps}; ask for at least {loaded[2]} steps or use another path"
-                    )
-            except ValueError as err:
-                loaded, error = None, str(err)
-        if self.comm.size > 1:
-            # Every rank raises the same error instead of rank 0 alone.
-            loaded, error = _comm.bcast((loaded, error), root=0, comm=self.comm)
-        if error is not None:
-            raise ValueError(error)
+
+        def load(path):
+            loaded = load_checkpoint(path, self._problem(), dtype)
+            if loaded[2] > nsteps:
+                raise ValueError(
+                    f"checkpoint {path!r} already holds {loaded[2]} steps, more than "
+                    f"nsteps={nsteps}; ask for at least {loaded[2]} steps or use another path"
+                )
+            return loaded
+
+        loaded = _npz.read_on_root(path, load, self.comm)
         if loaded is None:
             return None
         state, random_state, nsteps_done, history = loaded

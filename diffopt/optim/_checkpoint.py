@@ -9,13 +9,11 @@ from another problem is refused rather than silently resumed.
 
 from __future__ import annotations
 
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import _comm
+from .. import _comm, _npz
 
 _FORMAT = "diffopt-fit-checkpoint-2"
 
@@ -46,16 +44,10 @@ def save_checkpoint(path, problem: str, state, base_key, history: dict, comm) ->
     if base_key is not None:
         arrays["key"] = np.asarray(jax.random.key_data(base_key))
     arrays.update({f"aux_{i}": a for i, a in enumerate(history["aux"])})
-    path = os.fspath(path)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as f:
-        np.savez(
-            f, format=np.array(_FORMAT), problem=np.array(problem),
-            params_history=history["params"], loss_history=history["losses"], **arrays,
-        )
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    _npz.write_atomically(
+        path, dict(format=np.array(_FORMAT), problem=np.array(problem),
+                   params_history=history["params"], loss_history=history["losses"], **arrays),
+    )
 
 
 def load_checkpoint(path, problem: str, state, base_key, comm):
@@ -65,15 +57,8 @@ def load_checkpoint(path, problem: str, state, base_key, comm):
     (or raises the same ``ValueError``: a file that is not a fit checkpoint,
     one of another problem, or one written with another random key).
     """
-    loaded, error = None, None
-    if _comm.rank(comm) == 0 and os.path.exists(path):
-        try:
-            loaded = _read(os.fspath(path), problem, len(jax.tree_util.tree_leaves(state)))
-        except ValueError as exc:
-            error = str(exc)
-    loaded, error = _comm.bcast((loaded, error), comm=comm)
-    if error is not None:
-        raise ValueError(error)
+    num_leaves = len(jax.tree_util.tree_leaves(state))
+    loaded = _npz.read_on_root(path, lambda p: _read(p, problem, num_leaves), comm)
     if loaded is None:
         return None
     leaves, key_data, history = loaded
@@ -87,11 +72,7 @@ def load_checkpoint(path, problem: str, state, base_key, comm):
 
 
 def _read(path: str, problem: str, num_leaves: int):
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            data = {name: f[name] for name in f.files}
-    except Exception as exc:  # a truncated, foreign or pickled file
-        raise ValueError(f"checkpoint {path!r} could not be read as a fit checkpoint: {exc}") from None
+    data = _npz.read(path, "a fit checkpoint")
     if "format" not in data or str(data["format"]) != _FORMAT:
         raise ValueError(f"checkpoint {path!r} is not a diffopt fit checkpoint")
     if str(data["problem"]) != problem:

@@ -1,0 +1,58 @@
+"""Under mpiexec: a slow, stochastic fit that a test kills with SIGKILL and resumes.
+
+Usage: long_fit.py KIND OUT.npy [CHECKPOINT]
+
+KIND is ``adam`` (``OnePointModel.run_adam`` with bounds and a random key,
+the data split across the ranks) or ``pso`` (``ParticleSwarm.run_pso`` with
+a per-particle loss, the particles split across the ranks). Each evaluation
+sleeps a little, so that the job can be killed part-way. With CHECKPOINT the
+fit saves a checkpoint every 20 steps and resumes from it. Rank 0 saves the
+final parameters (the whole history for adam, the swarm positions for pso)
+to OUT.npy.
+"""
+
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from mpi4py import MPI
+
+from diffopt import multigrad, multiswarm
+
+kind, out = sys.argv[1], sys.argv[2]
+checkpoint = sys.argv[3] if len(sys.argv) > 3 else None
+comm = MPI.COMM_WORLD
+
+
+class Model(multigrad.OnePointModel):
+    def calc_partial_sumstats_from_params(self, params, randkey):
+        x = self.aux_data
+        return jnp.stack([jnp.sum(jnp.exp(-(x - params[0]) ** 2 / params[1])), jnp.sum(x * params[0])])
+
+    def calc_loss_from_sumstats(self, sumstats, randkey):
+        jax.debug.callback(lambda: time.sleep(0.004))
+        noise = 0.01 * jax.random.normal(randkey)
+        return jnp.sum((sumstats - jnp.array([12.0, 3.0])) ** 2) * (1 + noise)
+
+
+def slow_ackley(x):
+    time.sleep(0.002)
+    return float(-20 * np.exp(-0.2 * np.sqrt(np.mean(x**2))) - np.exp(np.mean(np.cos(2 * np.pi * x)))
+                 + 20 + np.e)
+
+
+if kind == "adam":
+    data = np.array_split(np.linspace(-2, 3, 40), comm.size)[comm.rank]
+    result = Model(aux_data=jnp.asarray(data)).run_adam(
+        jnp.array([0.3, 1.0]), nsteps=400, learning_rate=0.02, randkey=7,
+        param_bounds=[None, (0.1, 5.0)], progress=False, checkpoint=checkpoint, checkpoint_every=20)
+elif kind == "pso":
+    swarm = multiswarm.ParticleSwarm(nparticles=12, ndim=3, xlow=-5, xhigh=5, seed=3)
+    result = swarm.run_pso(slow_ackley, nsteps=300, progress=False, vectorize=False,
+                           checkpoint=checkpoint, checkpoint_every=20)["swarm_x_history"]
+else:
+    raise SystemExit(f"unknown kind {kind!r}")
+if comm.rank == 0:
+    np.save(out, np.asarray(result))
