@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
+from jaxtyping import PyTree
 from mpi4py import MPI
 
 __all__ = [
@@ -125,12 +126,37 @@ def _is_differentiable(x: Any) -> bool:
     )
 
 
-def replicate(tree: Any, comm: Any = None) -> Any:
+def replicate(tree: PyTree, comm: Any = None) -> PyTree:
     """Mark replicated values (parameters) where they enter rank-local work.
 
     The identity going forward. Going backward, the cotangent of each
     floating-point leaf is summed over the ranks of ``comm``, so the gradient
-    with respect to the replicated value is the full-data gradient.
+    with respect to the replicated value is the full-data gradient. It is
+    linear, so forward mode (``jax.jvp``, ``jax.jacfwd``, ``jax.hessian``)
+    works through it too.
+
+    Use it with :func:`sum_over_ranks` to write a loss (or log-density) over
+    data split across ranks by hand::
+
+        def loss(params):
+            local = partial_stats(diffopt.replicate(params), my_data)
+            return final_loss(diffopt.sum_over_ranks(local))
+
+    Then ``jax.grad(loss)`` and ``jax.hessian(loss)`` are the full-data values
+    on every rank. ``OnePointModel`` does exactly this.
+
+    Parameters
+    ----------
+    tree : pytree
+        Values that are identical on every rank of ``comm`` (floating-point
+        leaves are marked; other leaves pass through).
+    comm : MPI.Intracomm, optional
+        The ranks over which the data are split (default ``MPI.COMM_WORLD``).
+
+    Returns
+    -------
+    pytree
+        ``tree``, unchanged in value.
     """
     comm = default_comm(comm)
     if comm.size == 1:
@@ -153,19 +179,34 @@ def _as_numeric_array(x: Any, name: str) -> jax.Array:
 
 
 def sum_over_ranks(
-    tree: Any, comm: Any = None, *, name: str = "sumstats", check_layout: bool = True
-) -> Any:
-    """Differentiable, jit-safe sum of every leaf of ``tree`` over ``comm``.
+    tree: PyTree, comm: Any = None, *, name: str = "sumstats", check_layout: bool = True
+) -> PyTree:
+    """Differentiable, jit-safe sum of every leaf of ``tree`` over the ranks of ``comm``.
 
-    Going backward the cotangent passes through unchanged (each rank keeps the
-    cotangent of the total), which paired with :func:`replicate` gives exact
-    gradients.
+    An allreduce going forward. Going backward the cotangent passes through
+    unchanged (each rank keeps the cotangent of the total), which paired with
+    :func:`replicate` on the parameters gives exact gradients.
 
-    With ``check_layout`` the ranks first compare the shape and dtype of every
-    leaf, in-graph: one tiny allreduce, decided identically on all ranks, so a
-    mismatch raises on every rank instead of corrupting the sum or hanging.
-    Callers that compared the layouts once on the host (:func:`check_layouts`)
-    before a compiled loop pass ``check_layout=False`` inside it.
+    Parameters
+    ----------
+    tree : pytree of arrays
+        This rank's partial sums; the same shapes and dtypes on every rank.
+    comm : MPI.Intracomm, optional
+        The ranks to sum over (default ``MPI.COMM_WORLD``). Every rank of it
+        must call this function, in the same order as its other collectives.
+    name : str (default="sumstats")
+        What the values are, for error messages.
+    check_layout : bool (default=True)
+        First compare the shape and dtype of every leaf across ranks,
+        in-graph: one tiny allreduce, decided identically on all ranks, so a
+        mismatch raises ``ValueError`` on every rank instead of corrupting the
+        sum or hanging. Loops that compared the layouts once beforehand may
+        pass False.
+
+    Returns
+    -------
+    pytree of arrays
+        The totals, identical on every rank.
     """
     comm = default_comm(comm)
     leaves, treedef = jax.tree_util.tree_flatten(tree)

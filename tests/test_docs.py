@@ -114,6 +114,15 @@ def test_api_reference_lists_every_public_name(module):
     assert documented == set(importlib.import_module(f"diffopt.{module}").__all__)
 
 
+def test_api_reference_lists_every_top_level_function():
+    import diffopt
+
+    page = (REPO / "docs" / "api" / "diffopt.md").read_text()
+    documented = set(re.findall(r"^::: diffopt\.(\w+)$", page, re.M))
+    functions = {name for name in diffopt.__all__ if callable(getattr(diffopt, name))}
+    assert documented == functions
+
+
 def test_site_builds_in_strict_mode(tree):
     """Runs after the pages (pytest keeps file order), so it builds with the figures they just drew."""
     proc = subprocess.run(

@@ -50,16 +50,16 @@ def quadratic():
 
 def test_adam_with_bounds_stops_near_bound():
     # The unconstrained optimum has params[0] = 0.5; the bound holds it below 0.3.
-    hist = quadratic().run_adam(jnp.array([0.0, 0.0]), nsteps=600, learning_rate=0.05,
-                                param_bounds=[(-1.0, 0.3), None], progress=False)
-    assert hist.shape == (601, 2)
+    hist, losses = quadratic().run_adam(jnp.array([0.0, 0.0]), nsteps=600, learning_rate=0.05,
+                                        param_bounds=[(-1.0, 0.3), None], progress=False)
+    assert hist.shape == (601, 2) and losses.shape == (600,)
     assert np.all(np.asarray(hist[:, 0]) < 0.3)
     assert 0.29 < float(hist[-1, 0]) < 0.3
 
 
 @pytest.mark.parametrize("optimizer", [optax.adamw(0.05), optax.lbfgs()])
 def test_any_optax_optimizer(optimizer):
-    hist = quadratic().run_adam(jnp.array([0.1, 0.1]), nsteps=300, optimizer=optimizer, progress=False)
+    hist, _ = quadratic().run_adam(jnp.array([0.1, 0.1]), nsteps=300, optimizer=optimizer, progress=False)
     np.testing.assert_allclose(hist[-1], [0.5, 0.5], atol=2e-2)
 
 
@@ -113,8 +113,8 @@ def test_nan_loss_stops_fit_with_warning():
             return jnp.where(sumstats[0] > 0.5, jnp.nan, jnp.sum((sumstats - 2.0) ** 2))
 
     with pytest.warns(RuntimeWarning, match="non-finite at step"):
-        hist = Blows().run_adam(jnp.array([0.0, 0.0]), nsteps=200, learning_rate=0.1, progress=False)
-    assert len(hist) < 200 and np.all(np.isfinite(np.asarray(hist)))
+        hist, losses = Blows().run_adam(jnp.array([0.0, 0.0]), nsteps=200, learning_rate=0.1, progress=False)
+    assert len(hist) < 200 and len(losses) == len(hist) and np.all(np.isfinite(losses)) and np.all(np.isfinite(np.asarray(hist)))
     assert float(hist[-1, 0]) <= 0.5
 
 

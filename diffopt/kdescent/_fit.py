@@ -20,11 +20,13 @@ __all__ = ["adam", "bfgs"]
 class _LossAndGrad(eqx.Module):
     """``(params, randkey) -> (loss, grad)`` for a user's ``lossfunc``.
 
-    A Module rather than a closure: it hashes by the loss function and its
-    static settings, so a second fit of the same loss reuses the compiled loop.
+    A Module rather than a closure, so that a second fit of the same loss
+    reuses the compiled loop: the compiled functions it is passed to take its
+    arrays (those of ``other_kwargs``, or of a model whose method
+    ``lossfunc`` is) as arguments and key their cache on the rest.
     """
 
-    lossfunc: Callable = eqx.field(static=True)
+    lossfunc: Callable
     with_key: bool = eqx.field(static=True)
     kwargs: dict
 

@@ -137,7 +137,7 @@ class KCalc(eqx.Module):
         comm : mpi4py communicator, optional
             The model sample is split across the ranks of ``comm``: the model
             counts are summed over them (differentiably; wrap parameters in
-            ``diffopt._comm.replicate``, or use a ``multigrad`` model, to get
+            :func:`diffopt.replicate`, or use a ``multigrad`` model, to get
             full-data gradients on every rank).
 
         Returns

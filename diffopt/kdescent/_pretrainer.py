@@ -164,10 +164,12 @@ class KPretrainer(eqx.Module):
         training_weights : array (n_points,), optional
             Non-negative weight of each training point (default: all 1).
         num_eval_kernels : int, optional
-            Kernels :class:`KCalc` draws per call (default ``10 * ndim``).
-            It also sets the bandwidth (below).
+            Kernels :class:`KCalc` draws per call (default ``10 * ndim``, or
+            ``num_pretrain_kernels`` if that is smaller). It also sets the
+            bandwidth (below).
         num_eval_fourier_positions : int, optional
-            Fourier positions drawn per call (default ``10 * ndim``).
+            Fourier positions drawn per call (default ``10 * ndim``, or
+            ``num_pretrain_fourier_positions`` if that is smaller).
         num_pretrain_kernels : int, optional
             Kernels pretrained here, to draw from (default ``300 *
             num_eval_kernels``).
@@ -226,15 +228,11 @@ class KPretrainer(eqx.Module):
         w = _checks.weights(training_weights, n, "training_weights", x.dtype)
         w = jnp.ones(n, x.dtype) if w is None else w
 
-        num_eval_kernels = _checks.optional_positive_int(num_eval_kernels, "num_eval_kernels", 10 * ndim)
-        num_eval_fourier_positions = _checks.optional_positive_int(
-            num_eval_fourier_positions, "num_eval_fourier_positions", 10 * ndim
+        num_eval_kernels, num_pretrain_kernels = _eval_and_pretrain_counts(
+            num_eval_kernels, num_pretrain_kernels, ndim, "kernels"
         )
-        num_pretrain_kernels = _checks.optional_positive_int(
-            num_pretrain_kernels, "num_pretrain_kernels", 300 * num_eval_kernels
-        )
-        num_pretrain_fourier_positions = _checks.optional_positive_int(
-            num_pretrain_fourier_positions, "num_pretrain_fourier_positions", 300 * num_eval_fourier_positions
+        num_eval_fourier_positions, num_pretrain_fourier_positions = _eval_and_pretrain_counts(
+            num_eval_fourier_positions, num_pretrain_fourier_positions, ndim, "fourier_positions"
         )
         if num_pretrain_kernels < num_eval_kernels:
             raise ValueError(
@@ -441,6 +439,23 @@ class KPretrainer(eqx.Module):
                 fail(f"{name}={static[name]} must be between 1 and {size}")
         arrays = {name: jnp.asarray(fields[name]) for name in _ARRAY_FIELDS}
         return cls(**arrays, **static)
+
+
+def _eval_and_pretrain_counts(num_eval, num_pretrain, ndim: int, what: str) -> tuple[int, int]:
+    """How many items (kernels or Fourier positions) to draw per call and to pretrain.
+
+    Defaults: ``10 * ndim`` per call and 300 times that pretrained. When only
+    the pretrained number is given and it is smaller than the default per-call
+    number, the per-call default shrinks to it (diffopt 2.0 accepted
+    ``num_pretrain_kernels=10`` alone).
+    """
+    num_eval = None if num_eval is None else _checks.positive_int(num_eval, f"num_eval_{what}")
+    num_pretrain = None if num_pretrain is None else _checks.positive_int(num_pretrain, f"num_pretrain_{what}")
+    if num_eval is None:
+        num_eval = 10 * ndim if num_pretrain is None else min(10 * ndim, num_pretrain)
+    if num_pretrain is None:
+        num_pretrain = 300 * num_eval
+    return num_eval, num_pretrain
 
 
 def bandwidth(num_eval_kernels: int, ndim: int, bandwidth_factor: float) -> float:

@@ -14,28 +14,8 @@ from jaxtyping import PyTree
 
 from .. import _comm, optim
 from .._keys import as_key
+from .._params import as_params
 from ..optim._checks import check_guess, check_positive
-
-
-def as_params(params: PyTree) -> PyTree:
-    """``params`` with every leaf a JAX array (or tracer).
-
-    Python scalars become arrays, so that a jitted method is traced once per
-    shape, not once per value; anything but numbers is a ``TypeError``.
-    """
-
-    def as_array(x):
-        dtype = getattr(x, "dtype", None)
-        if dtype is None and isinstance(x, (int, float, complex)) and not isinstance(x, bool):
-            return jnp.asarray(x)
-        if dtype is None or not jnp.issubdtype(dtype, jnp.number):
-            raise TypeError(
-                "params must be an array (or a pytree of arrays) of numbers, got "
-                f"{type(x).__name__}" + (f" of dtype {dtype}" if dtype is not None else "")
-            )
-        return jnp.asarray(x)
-
-    return jax.tree_util.tree_map(as_array, params)
 
 
 def with_layout_checked(module):
@@ -79,8 +59,8 @@ class FitMethods(eqx.Module):
         raise NotImplementedError
 
     def _for_fit(self, guess: PyTree, randkey: Any = None):
-        check_guess(guess)  # a clear error before anything is traced
-        return self._checked(as_params(guess), as_key(randkey))
+        guess = check_guess(guess)[0]  # a clear error before anything is traced
+        return self._checked(guess, as_key(randkey))
 
     def _loss_and_grad(self, params, randkey):
         return self.calc_loss_and_grad_from_params(params, randkey=randkey)
@@ -141,7 +121,7 @@ class FitMethods(eqx.Module):
         progress: bool = True,
         checkpoint: str | None = None,
         checkpoint_every: int = 100,
-    ) -> PyTree:
+    ) -> tuple[PyTree, jax.Array]:
         """Run adam (or any optax optimiser) to optimise the parameters.
 
         The whole loop is compiled. Stochasticity is allowed if randkey is passed.
@@ -177,8 +157,13 @@ class FitMethods(eqx.Module):
 
         Returns
         -------
-        array-like
-            The parameters at every step, the guess first and the optimum last.
+        params : array (or pytree like guess)
+            The parameters at every step, stacked on a leading axis: the guess
+            first and the final parameters last (``nsteps + 1`` rows before
+            thinning).
+        losses : array
+            The loss at each step's parameters (``nsteps`` values before
+            thinning: the final parameters are not evaluated).
         """
         if optimizer is None:
             optimizer = optim.cached_adam(check_positive("learning_rate", learning_rate))
@@ -190,7 +175,7 @@ class FitMethods(eqx.Module):
             comm=comm if comm is not None else self.fit_comm,
             checkpoint=checkpoint, checkpoint_every=checkpoint_every,
         )
-        return result.params
+        return result.params, result.losses
 
     def run_bfgs(
         self,

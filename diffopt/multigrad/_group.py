@@ -11,7 +11,8 @@ from jaxtyping import PyTree
 
 from .. import _comm
 from .._keys import as_key
-from ._fitting import FitMethods, as_params, with_layout_checked
+from .._params import as_params
+from ._fitting import FitMethods, with_layout_checked
 from ._model import OnePointModel
 
 

@@ -12,7 +12,8 @@ from jaxtyping import PyTree
 
 from .. import _comm
 from .._keys import as_key, key_kwargs
-from ._fitting import FitMethods, as_params, with_layout_checked
+from .._params import as_params
+from ._fitting import FitMethods, with_layout_checked
 
 
 @eqx.filter_jit

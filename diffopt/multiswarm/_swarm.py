@@ -15,8 +15,9 @@ from jaxtyping import ArrayLike, Float
 
 from .. import _comm, _npz
 from .._keys import as_key
-from ..optim._checks import check_path
+from ..optim._checks import NonFiniteGuessError, check_path
 from ._checkpoint import load_checkpoint, save_checkpoint
+from ._groups import particles_of_group, split_into_groups
 from ._loss import PerParticleLoss, VectorizedLoss, can_vectorize
 from ._update import SwarmCoefficients, SwarmState, advance, initial_conditions
 
@@ -66,15 +67,18 @@ class ParticleSwarm:
         into groups of this size, each with its own sub-communicator
         (:attr:`subcomm`), and every rank of a group calls the loss for the
         same particle, so the loss may itself be parallel over ``subcomm``.
-        Must divide the number of ranks. By default each rank is its own group.
+        Must divide the number of ranks. By default each rank is its own
+        group, or, with fewer particles than ranks, the ranks form one group
+        per particle (see :func:`get_subcomm`).
     comm : MPI.Intracomm, optional
         Communicator whose ranks share the work (default ``MPI.COMM_WORLD``).
 
     Attributes
     ----------
     subcomm : MPI.Intracomm
-        Communicator of this rank's group (of size ``ranks_per_particle``).
-        Build a parallel loss on it.
+        Communicator of this rank's group. Build a parallel loss on it.
+    ranks_per_particle : int
+        The size of this rank's group.
     num_groups, group_rank : int
         Number of groups and this rank's group.
     particles_on_this_rank : np.ndarray
@@ -118,24 +122,13 @@ class ParticleSwarm:
         key = as_key(seed, "seed")
 
         self.comm = _comm.default_comm(comm)
-        nranks = self.comm.size
-        if ranks_per_particle is None:
-            ranks_per_particle = 1
-        else:
+        if ranks_per_particle is not None:
             ranks_per_particle = _positive_int(ranks_per_particle, "ranks_per_particle")
-            if nranks % ranks_per_particle:
-                raise ValueError(
-                    f"ranks_per_particle={ranks_per_particle} must divide the number of "
-                    f"MPI ranks ({nranks})"
-                )
-        self.ranks_per_particle = ranks_per_particle
-        subcomm, self.num_groups, self.group_rank = _comm.split_subcomms(
-            num_groups=nranks // ranks_per_particle, comm=self.comm
+        self.subcomm, self.num_groups, self.group_rank = split_into_groups(
+            self.nparticles, ranks_per_particle, self.comm
         )
-        self.subcomm = _comm.default_comm(subcomm)
-        self.particles_on_this_rank = np.array_split(np.arange(self.nparticles), self.num_groups)[
-            self.group_rank
-        ]
+        self.ranks_per_particle = self.subcomm.size
+        self.particles_on_this_rank = particles_of_group(self.nparticles, self.num_groups, self.group_rank)
 
         self.vmax = self.vmax_frac * (self.xhigh - self.xlow)
         # An int seed and jax.random.key(seed) give the same swarm.
@@ -188,7 +181,7 @@ class ParticleSwarm:
             ``jax.vmap`` of the loss; False calls the loss once per particle
             with a NumPy array. By default (None) the loss is vectorised when
             JAX can trace it and each particle has a single rank. It is never
-            vectorised with ``ranks_per_particle > 1``.
+            vectorised when ranks share particles.
         checkpoint : str or path, optional
             File where rank 0 saves the run every ``checkpoint_every`` steps and
             at the end. If it exists, the run resumes from it; a checkpoint of
@@ -209,6 +202,13 @@ class ParticleSwarm:
                 Wall time of the run in seconds, on this rank.
 
             The histories are identical on every rank.
+
+        Raises
+        ------
+        diffopt.optim.NonFiniteGuessError
+            A ``ValueError``, on every rank, if the loss is not finite at any
+            of the starting particles. Non-finite losses of some particles
+            are fine: they never count as an improvement.
         """
         if not callable(lossfunc):
             raise TypeError(f"lossfunc must be callable, got {type(lossfunc).__name__}")
@@ -217,10 +217,11 @@ class ParticleSwarm:
         check_path("checkpoint", checkpoint)
         if vectorize not in (None, True, False):
             raise TypeError(f"vectorize must be None, True or False, got {vectorize!r}")
-        if vectorize and self.ranks_per_particle > 1:
+        if vectorize and self.num_groups < self.comm.size:
             raise ValueError(
-                "vectorize=True cannot be used with ranks_per_particle > 1: every rank of "
-                "a group evaluates the same particle, one at a time"
+                "vectorize=True cannot be used when ranks share particles (ranks_per_particle "
+                "> 1, or fewer particles than ranks): every rank of a group evaluates the "
+                "same particle, one at a time"
             )
         evaluate = self._evaluator(lossfunc, vectorize)
         dtype = _float_dtype()
@@ -238,6 +239,12 @@ class ParticleSwarm:
             rng.bit_generator.state = self.random_state
             state = self._initial_state(dtype)
             losses = self._gather(evaluate(state.x))
+            if not np.any(np.isfinite(losses)):
+                raise NonFiniteGuessError(
+                    f"PSO: the loss is not finite at any of the {self.nparticles} starting "
+                    f"particles (e.g. {losses[0]} at {np.asarray(state.x[0]).tolist()}); check "
+                    "the loss and the box: nothing was searched"
+                )
             self._record(history, 0, state, losses)
             first_step = 1
         else:
@@ -305,7 +312,7 @@ class ParticleSwarm:
                 return evaluator
         use_vmap = vectorize
         if use_vmap is None:
-            use_vmap = self.ranks_per_particle == 1 and can_vectorize(
+            use_vmap = self.num_groups == self.comm.size and can_vectorize(
                 lossfunc, self.ndim, _float_dtype()
             )
         mine = self.particles_on_this_rank

@@ -2,11 +2,13 @@
 
 from ._bfgs import scipy_bfgs
 from ._bounds import Reparam, parse_bounds
+from ._checks import NonFiniteGuessError
 from ._fit import FitResult, cached_adam, fit
 from ._lhs import latin_hypercube, lhs_param_scan
 
 __all__ = [
     "FitResult",
+    "NonFiniteGuessError",
     "Reparam",
     "cached_adam",
     "fit",

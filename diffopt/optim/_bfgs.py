@@ -15,7 +15,7 @@ from scipy.optimize import OptimizeResult, minimize
 from .. import _comm
 from .._keys import as_key
 from ._bounds import check_inside, parse_bounds
-from ._checks import check_count, check_guess, check_replicated_inputs
+from ._checks import check_count, check_guess, check_replicated_inputs, raise_nonfinite_guess
 from ._flat import flatten_like, unflatten
 from ._progress import progress_bar
 
@@ -75,11 +75,17 @@ def scipy_bfgs(
         Loss at each of those parameters.
     result : scipy.optimize.OptimizeResult
         SciPy's result, identical on every rank; ``result.x`` is flat.
+
+    Raises
+    ------
+    NonFiniteGuessError
+        A ``ValueError``, on every rank, if the loss or its gradient is not
+        finite at the guess.
     """
     maxsteps = check_count("maxsteps", maxsteps)
     thin = check_count("thin", thin, minimum=1)
     comm = _comm.default_comm(comm)
-    flat_guess, spec = check_guess(guess)
+    guess, flat_guess, spec = check_guess(guess)
     x0 = np.asarray(flat_guess, dtype=np.float64)
     bounds = parse_bounds(param_bounds, x0.size)
     if bounds is not None:
@@ -101,6 +107,9 @@ def scipy_bfgs(
         if comm.size > 1:
             # Identical inputs to SciPy on every rank keep the ranks in lockstep.
             loss, grad = _comm.bcast((loss, grad), comm=comm)
+        finite = bool(np.isfinite(loss) and np.all(np.isfinite(grad)))
+        if not history and not finite:
+            raise_nonfinite_guess(desc, loss)
         # A non-finite trial point is fine: the line search backs off from it.
         history[x.tobytes()] = (loss, bool(np.all(np.isfinite(grad))))
         return loss, grad
@@ -153,7 +162,7 @@ def scipy_bfgs(
     if keep[-1] != len(xs) - 1:
         keep = np.append(keep, len(xs) - 1)
     params = jnp.asarray(xs[keep], dtype=dtype)
-    if isinstance(guess, (jax.Array, np.ndarray)):
+    if isinstance(guess, jax.Array):
         params = params.reshape((len(params),) + jnp.shape(guess))
     else:
         params = jax.vmap(lambda p: unflatten(p, spec))(params)

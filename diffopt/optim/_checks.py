@@ -9,8 +9,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxtyping import PyTree
+
 from .. import _comm
+from .._params import as_params
 from ._flat import FlatSpec, flatten
+
+
+class NonFiniteGuessError(ValueError):
+    """The loss or its gradient is not finite at the starting point of a fit.
+
+    Raised on every rank alike (the loss is the same on every rank), before
+    any step is taken: there is nothing to return but the guess itself.
+    """
+
+
+def raise_nonfinite_guess(desc: str, loss) -> None:
+    """Raise :class:`NonFiniteGuessError`: a fit's first loss (or gradient) is not finite."""
+    raise NonFiniteGuessError(
+        f"{desc}: the loss or its gradient is not finite at the guess (loss = {loss}); "
+        "check the data and the guess: nothing was fitted"
+    )
 
 
 def check_count(name: str, value, minimum: int = 0) -> int:
@@ -29,17 +48,13 @@ def check_positive(name: str, value) -> float:
     return float(value)
 
 
-def check_guess(guess, name: str = "guess") -> tuple[jax.Array, FlatSpec]:
-    """Flatten initial parameters: a non-empty pytree of finite real numbers."""
-    for leaf in jax.tree_util.tree_leaves(guess):
-        dtype = getattr(leaf, "dtype", None)
-        if dtype is None and isinstance(leaf, (int, float)) and not isinstance(leaf, bool):
-            continue
-        if dtype is None or not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
-            raise TypeError(
-                f"{name} must be an array (or a pytree of arrays) of real numbers, got "
-                f"{type(leaf).__name__}" + (f" of dtype {dtype}" if dtype is not None else "")
-            )
+def check_guess(guess, name: str = "guess") -> tuple[PyTree, jax.Array, FlatSpec]:
+    """Read initial parameters (see :mod:`diffopt._params`) and flatten them.
+
+    Returns the guess as an array or a pytree of arrays, and its flat vector
+    and spec. It must be a non-empty pytree of finite real numbers.
+    """
+    guess = as_params(guess, name)
     flat, spec = flatten(guess)
     if flat.size == 0:
         raise ValueError(f"{name} is empty: there are no parameters to fit")
@@ -47,7 +62,7 @@ def check_guess(guess, name: str = "guess") -> tuple[jax.Array, FlatSpec]:
     bad = np.flatnonzero(~np.isfinite(host))
     if bad.size:
         raise ValueError(f"{name} must be finite; parameter {int(bad[0])} is {host[bad[0]]}")
-    return flat, spec
+    return guess, flat, spec
 
 
 def check_replicated_inputs(flat_guess: np.ndarray, key, comm) -> None:

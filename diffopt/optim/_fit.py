@@ -19,7 +19,9 @@ from .. import _comm
 from .._keys import as_key
 from ._bounds import Reparam, check_inside, parse_bounds
 from ._checkpoint import checkpoint_problem, load_checkpoint, save_checkpoint
-from ._checks import check_count, check_guess, check_path, check_replicated_inputs
+from ._checks import (
+    check_count, check_guess, raise_nonfinite_guess, check_path, check_replicated_inputs,
+)
 from ._flat import flatten_like, unflatten
 from ._progress import progress_bar
 
@@ -193,6 +195,12 @@ def fit(
         ``(params, losses, aux)`` histories. If the loss or gradient becomes
         non-finite, the fit stops at that step on every rank with a
         ``RuntimeWarning`` and the history ends at the last finite step.
+
+    Raises
+    ------
+    NonFiniteGuessError
+        A ``ValueError``, on every rank, if the loss or its gradient is not
+        finite at the guess itself.
     """
     nsteps = check_count("nsteps", nsteps)
     thin = check_count("thin", thin, minimum=1)
@@ -203,7 +211,7 @@ def fit(
             f"optimizer must be an optax.GradientTransformation, got {type(optimizer).__name__}"
         )
     comm = _comm.default_comm(comm)
-    flat_guess, spec = check_guess(guess)
+    guess, flat_guess, spec = check_guess(guess)
     host_guess = np.asarray(flat_guess)
     bounds = parse_bounds(param_bounds, flat_guess.size)
     reparam = None
@@ -251,6 +259,8 @@ def fit(
                 for rows, leaf in zip(history.aux, leaves):
                     rows.append(np.asarray(leaf)[went])
             bar.update(int(state.step) - start)
+            if bool(state.stopped) and int(state.step) == 0:
+                raise_nonfinite_guess(desc, np.asarray(losses)[0])
             if bool(state.stopped):
                 warnings.warn(
                     f"{desc}: the loss or its gradient became non-finite at step "
@@ -280,7 +290,7 @@ def fit(
             aux_treedef, [jnp.asarray(a[::thin]) for a in recorded["aux"]]
         )
     params = jnp.asarray(params[keep])
-    if isinstance(guess, (jax.Array, np.ndarray)):
+    if isinstance(guess, jax.Array):
         params = params.reshape((len(params),) + jnp.shape(guess))
     else:
         params = jax.vmap(lambda p: unflatten(p, spec))(params)

@@ -47,7 +47,7 @@ if kind == "adam":
     data = np.array_split(np.linspace(-2, 3, 40), comm.size)[comm.rank]
     result = Model(aux_data=jnp.asarray(data)).run_adam(
         jnp.array([0.3, 1.0]), nsteps=400, learning_rate=0.02, randkey=7,
-        param_bounds=[None, (0.1, 5.0)], progress=False, checkpoint=checkpoint, checkpoint_every=20)
+        param_bounds=[None, (0.1, 5.0)], progress=False, checkpoint=checkpoint, checkpoint_every=20)[0]
 elif kind == "pso":
     swarm = multiswarm.ParticleSwarm(nparticles=12, ndim=3, xlow=-5, xhigh=5, seed=3)
     result = swarm.run_pso(slow_ackley, nsteps=300, progress=False, vectorize=False,

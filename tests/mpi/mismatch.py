@@ -95,7 +95,7 @@ for name, (call, pattern) in cases.items():
         print(f"{name}: every rank raised", flush=True)
 
 # After all that, a consistent model still fits on every rank alike.
-final = model().run_adam(guess, nsteps=20, progress=False)[-1]
+final = model().run_adam(guess, nsteps=20, progress=False)[0][-1]
 assert len(set(comm.allgather(np.asarray(final).tobytes()))) == 1
 if comm.rank == 0:
     print(f"mismatch: OK on {comm.size} ranks", flush=True)

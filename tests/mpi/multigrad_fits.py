@@ -36,9 +36,9 @@ model = Model(aux_data=jnp.asarray(np.array_split(x, comm.size)[comm.rank]))
 guess = jnp.array([0.3, 1.0])
 out = {
     "adam": model.run_adam(guess, nsteps=100, learning_rate=0.02, randkey=7,
-                           param_bounds=[None, (0.1, 5.0)], progress=False),
+                           param_bounds=[None, (0.1, 5.0)], progress=False)[0],
     "bfgs": model.run_bfgs(guess, maxsteps=50, param_bounds=[None, (0.1, 5.0)], progress=False)[2].x,
-    "lbfgs": model.run_adam(guess, nsteps=30, optimizer=optax.lbfgs(), progress=False),
+    "lbfgs": model.run_adam(guess, nsteps=30, optimizer=optax.lbfgs(), progress=False)[0],
 }
 
 

@@ -43,7 +43,7 @@ ok = (np.allclose(loss, want_loss, rtol=1e-12) and np.allclose(grad, want_grad, 
 assert comm.allreduce(ok, op=MPI.LAND), (rank := comm.rank, loss, want_loss, grad, want_grad)
 
 # The run_* methods work on a group and agree on every rank.
-hist = group.run_adam(p, nsteps=50, learning_rate=0.01, progress=False)
+hist, _ = group.run_adam(p, nsteps=50, learning_rate=0.01, progress=False)
 _, _, res = group.run_bfgs(p, maxsteps=20, progress=False)
 assert comm.allreduce(len({np.asarray(hist).tobytes()} ^ set(comm.allgather(np.asarray(hist).tobytes()))), op=MPI.SUM) == 0
 assert len(set(comm.allgather(res.x.tobytes()))) == 1

@@ -51,8 +51,8 @@ x = np.linspace(0.1, 1.0, 30)
 model = Model(aux_data=jnp.asarray(np.array_split(x, comm.size)[comm.rank]))
 guess = jnp.array([0.0, 0.0])
 fits = {
-    "adam": lambda: model.run_adam(guess, nsteps=100, learning_rate=0.05, progress=False),
-    "adamw": lambda: model.run_adam(guess, nsteps=100, optimizer=optax.adamw(0.05), progress=False),
+    "adam": lambda: model.run_adam(guess, nsteps=100, learning_rate=0.05, progress=False)[0],
+    "adamw": lambda: model.run_adam(guess, nsteps=100, optimizer=optax.adamw(0.05), progress=False)[0],
     "grad_descent": lambda: model.run_simple_grad_descent(
         guess, nsteps=100, learning_rate=0.02, progress=False).params,
     "bfgs": lambda: model.run_bfgs(guess, maxsteps=50, progress=False)[0],
