@@ -7,6 +7,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from diffopt import kdescent, multigrad, multiswarm, optim
@@ -146,7 +147,7 @@ CASES = [
     ("reduce_sum strings", lambda: multigrad.reduce_sum(np.array(["a"])), TypeError, "value must be numeric"),
     # --- optim -------------------------------------------------------------------------------------
     ("fit optimizer", lambda: optim.fit(loss_and_grad, GUESS, None, 3), TypeError, "optimizer"),
-    ("fit nsteps", lambda: optim.fit(loss_and_grad, GUESS, optim.cached_adam(0.1), -2), ValueError, "nsteps"),
+    ("fit nsteps", lambda: optim.fit(loss_and_grad, GUESS, optax.adam(0.1), -2), ValueError, "nsteps"),
     ("scipy_bfgs thin", lambda: optim.scipy_bfgs(loss_and_grad, GUESS, thin=0), ValueError, "thin"),
     ("scipy_bfgs guess NaN", lambda: optim.scipy_bfgs(loss_and_grad, jnp.array([jnp.nan])), ValueError,
      "guess must be finite"),

@@ -61,7 +61,7 @@ def check_kdescent_quickstart(run, workdir):
     np.testing.assert_allclose(printed(output, "Final params ="), run.kept["truth_params"], atol=0.25)
     # The 20-parameter fit lowers its loss tenfold.
     params, losses = run.kept["adam_params"], run.kept["adam_losses"]
-    assert params.shape == (601, 20) and losses.shape == (600,)
+    assert params.shape == (601, 20) and losses.shape == (601,)
     assert np.all(np.isfinite(losses))
     assert losses[:10].mean() > 10 * losses[-10:].mean(), (losses[:10].mean(), losses[-10:].mean())
     np.testing.assert_allclose(printed(output, "Best fit params ="), params[-1], rtol=1e-6)

@@ -35,7 +35,7 @@ def test_adam_fits_within_bounds(problem):
     bounds = [None, (-1.0, 1.0), (-0.5, 0.5)]
     params, losses = kdescent.adam(lossfunc, guess, nsteps=150, param_bounds=bounds, learning_rate=0.05,
                                    randkey=3, progress=False)
-    assert params.shape == (151, 3) and losses.shape == (150,)
+    assert params.shape == (151, 3) and losses.shape == (151,)
     np.testing.assert_array_equal(np.asarray(params[0]), np.asarray(guess))
     np.testing.assert_allclose(np.asarray(params[-1]), np.asarray(truth), atol=0.1)
     assert np.all(np.asarray(params[:, 1]) > -1) and np.all(np.asarray(params[:, 2]) < 0.5)

@@ -52,7 +52,7 @@ def test_adam_with_bounds_stops_near_bound():
     # The unconstrained optimum has params[0] = 0.5; the bound holds it below 0.3.
     hist, losses = quadratic().run_adam(jnp.array([0.0, 0.0]), nsteps=600, learning_rate=0.05,
                                         param_bounds=[(-1.0, 0.3), None], progress=False)
-    assert hist.shape == (601, 2) and losses.shape == (600,)
+    assert hist.shape == (601, 2) and losses.shape == (601,)
     assert np.all(np.asarray(hist[:, 0]) < 0.3)
     assert 0.29 < float(hist[-1, 0]) < 0.3
 
@@ -66,7 +66,7 @@ def test_any_optax_optimizer(optimizer):
 def test_simple_grad_descent_and_lhs():
     result = quadratic().run_simple_grad_descent(jnp.array([0.1, 0.1]), nsteps=50, learning_rate=0.1,
                                                  progress=False)
-    assert result.loss.shape == (50,) and result.params.shape == (51, 2)
+    assert result.loss.shape == (50,) and result.params.shape == (50, 2)
     assert result.loss[-1] < result.loss[0]
     params, sumstats, losses = quadratic().run_lhs_param_scan(-1, 1, 2, 8, seed=0)
     assert params.shape == (8, 2) and sumstats.shape == (8, 3) and losses.shape == (8,)

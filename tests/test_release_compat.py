@@ -53,7 +53,7 @@ def model():
 
 def test_run_adam_returns_params_and_losses():
     adam_params, adam_losses = model().run_adam(guess=ParamTuple(0.1, 0.1), nsteps=2, progress=False)
-    assert adam_params.shape == (3, 2) and adam_losses.shape == (2,)
+    assert adam_params.shape == (3, 2) and adam_losses.shape == (3,)
     np.testing.assert_array_equal(adam_params[0], np.float32([0.1, 0.1]))
     np.testing.assert_allclose(adam_losses[0], model().calc_loss_from_params(jnp.array([0.1, 0.1])))
     group_params, group_losses = multigrad.OnePointGroup(model()).run_adam(

@@ -131,9 +131,9 @@ def test_fit_checkpoint_of_another_problem_is_refused(tmp_path):
     path = tmp_path / "fit.npz"
     model = Quadratic()
     model.run_adam(jnp.zeros(2) + 0.1, nsteps=30, progress=False, checkpoint=path, checkpoint_every=10)
-    with pytest.raises(ValueError, match="belongs to a different problem"):
+    with pytest.raises(ValueError, match="belongs to another problem"):
         model.run_adam(jnp.zeros(3) + 0.1, nsteps=30, progress=False, checkpoint=path)
-    with pytest.raises(ValueError, match="belongs to a different problem"):
+    with pytest.raises(ValueError, match="belongs to another problem"):
         model.run_adam(jnp.zeros(2) + 0.1, nsteps=30, progress=False, checkpoint=path,
                        param_bounds=[(0, 1), None])
     with pytest.raises(ValueError, match="already holds 30 steps"):

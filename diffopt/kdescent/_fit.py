@@ -99,12 +99,12 @@ def adam(
         Parameters at every step, stacked: the guess first, the final
         parameters last (``nsteps + 1`` rows before thinning).
     losses : array
-        Loss at each step's parameters (``nsteps`` values before thinning).
-        If the loss or its gradient becomes non-finite, the fit stops there
-        with a ``RuntimeWarning`` and both end at the last finite step.
+        The loss at each row of ``params``. If the loss or its gradient
+        becomes non-finite, the fit stops there with a ``RuntimeWarning``
+        and both end at the last finite step.
     """
     if optimizer is None:
-        optimizer = optim.cached_adam(check_positive("learning_rate", learning_rate))
+        optimizer = optax.adam(check_positive("learning_rate", learning_rate))
     result = optim.fit(
         _LossAndGrad(lossfunc, randkey is not None, other_kwargs), guess, optimizer, nsteps,
         param_bounds=param_bounds, randkey=randkey, const_randkey=const_randkey, thin=thin,

@@ -7,15 +7,13 @@ from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from jaxtyping import PyTree
 
 from .. import _comm, optim
 from .._keys import as_key
-from .._params import as_params
-from ..optim._checks import check_guess, check_positive
+from ..optim._checks import check_count, check_guess, check_positive
 
 
 def with_layout_checked(module):
@@ -34,7 +32,8 @@ class GradientDescentResult(NamedTuple):
     loss : array
         Loss at each iteration.
     params : array
-        Trial parameters at each iteration (the final parameters last).
+        Trial parameters at each iteration: the guess first, the last
+        evaluated parameters last.
     aux : Any
         Aux values returned at each iteration (``loss_func_has_aux``), else None.
     """
@@ -85,23 +84,27 @@ class FitMethods(eqx.Module):
         guess : array-like
             The starting parameters.
         nsteps : int (default=100)
-            The number of steps to take.
+            The number of iterations: evaluations of the loss and gradient.
         learning_rate : float (default=0.01)
             The fixed learning rate.
         **kwargs
-            Passed to :func:`diffopt.optim.fit` (``progress``, ``thin``, ...).
+            Passed to :func:`diffopt.optim.fit` (``progress``, ``thin``,
+            ``checkpoint``, ...).
 
         Returns
         -------
         GradientDescentResult
-            ``loss``, ``params`` and ``aux`` at each iteration.
+            ``loss``, ``params`` and ``aux`` at each iteration (``nsteps``
+            rows: the guess first, each row's loss evaluated at its params;
+            the update after the last evaluation is not taken).
         """
         learning_rate = check_positive("learning_rate", learning_rate)
+        nsteps = check_count("nsteps", nsteps, minimum=1)
         has_aux = getattr(self, "loss_func_has_aux", False)
         kwargs.setdefault("desc", "Simple Gradient Descent Progress")
         fitted = self._for_fit(guess)
         result = optim.fit(
-            fitted._loss_and_grad, guess, optax.sgd(learning_rate), nsteps,
+            fitted._loss_and_grad, guess, optax.sgd(learning_rate), nsteps - 1,
             has_aux=has_aux, comm=self.fit_comm, **kwargs,
         )
         return GradientDescentResult(result.losses, result.params, result.aux)
@@ -162,11 +165,10 @@ class FitMethods(eqx.Module):
             first and the final parameters last (``nsteps + 1`` rows before
             thinning).
         losses : array
-            The loss at each step's parameters (``nsteps`` values before
-            thinning: the final parameters are not evaluated).
+            The loss at each row of ``params``.
         """
         if optimizer is None:
-            optimizer = optim.cached_adam(check_positive("learning_rate", learning_rate))
+            optimizer = optax.adam(check_positive("learning_rate", learning_rate))
         fitted = self._for_fit(guess, randkey)
         result = optim.fit(
             fitted._plain_loss_and_grad(), guess, optimizer, nsteps,

@@ -6,17 +6,18 @@ import json
 import math
 import os
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import ArrayLike, Float
+from jaxtyping import Array, ArrayLike, Float
 
-from .. import _comm, _npz
+from .. import _comm
 from .._keys import as_key
+from ..optim._checkpoint import Checkpoint
 from ..optim._checks import NonFiniteGuessError, check_path
-from ._checkpoint import load_checkpoint, save_checkpoint
+from ..optim._loop import Chunk, run_loop
 from ._groups import particles_of_group, split_into_groups
 from ._loss import PerParticleLoss, VectorizedLoss, can_vectorize
 from ._update import SwarmCoefficients, SwarmState, advance, initial_conditions
@@ -226,52 +227,45 @@ class ParticleSwarm:
         evaluate = self._evaluator(lossfunc, vectorize)
         dtype = _float_dtype()
         coeffs = self._coefficients(dtype)
-        history = {
-            "swarm_x_history": np.empty((nsteps, self.nparticles, self.ndim), dtype),
-            "swarm_v_history": np.empty((nsteps, self.nparticles, self.ndim), dtype),
-            "swarm_loss_history": np.empty((nsteps, self.nparticles), dtype),
-        }
-
-        start = time.perf_counter()
-        resumed = self._resume(checkpoint, nsteps, dtype) if checkpoint is not None else None
         rng = np.random.Generator(np.random.PCG64())
-        if resumed is None:
-            rng.bit_generator.state = self.random_state
-            state = self._initial_state(dtype)
-            losses = self._gather(evaluate(state.x))
-            if not np.any(np.isfinite(losses)):
-                raise NonFiniteGuessError(
-                    f"PSO: the loss is not finite at any of the {self.nparticles} starting "
-                    f"particles (e.g. {losses[0]} at {np.asarray(state.x[0]).tolist()}); check "
-                    "the loss and the box: nothing was searched"
-                )
-            self._record(history, 0, state, losses)
-            first_step = 1
-        else:
-            state, rng.bit_generator.state, first_step, saved = resumed
-            for name, rows in saved.items():
-                history[name][:first_step] = rows
-            losses = history["swarm_loss_history"][first_step - 1]
+        rng.bit_generator.state = self.random_state
         shape = (2, self.nparticles, self.ndim)
 
-        steps = range(first_step, nsteps)
-        if progress and self.comm.rank == 0:
-            from tqdm.auto import tqdm
+        def run_steps(state: _LoopState, start: int, stop: int) -> Chunk:
+            rows = []
+            for step in range(start, stop):
+                swarm = state.swarm
+                if step > 0:
+                    swarm = advance(swarm, state.losses, rng.random(shape).astype(dtype), coeffs)
+                losses = self._gather(evaluate(swarm.x))
+                if step == 0 and not np.any(np.isfinite(losses)):
+                    raise NonFiniteGuessError(
+                        f"PSO: the loss is not finite at any of the {self.nparticles} starting "
+                        f"particles (e.g. {losses[0]} at {np.asarray(swarm.x[0]).tolist()}); check "
+                        "the loss and the box: nothing was searched"
+                    )
+                state = _LoopState(swarm, jnp.asarray(losses, dtype))
+                rows.append((np.asarray(swarm.x), np.asarray(swarm.v), losses))
+            names = ("swarm_x_history", "swarm_v_history", "swarm_loss_history")
+            records = {name: np.stack([row[i] for row in rows]) for i, name in enumerate(names)}
+            return Chunk(state, records, stop, False)
 
-            steps = tqdm(steps, desc="PSO", total=nsteps, initial=first_step)
-        for step in steps:
-            state = advance(state, losses, rng.random(shape).astype(dtype), coeffs)
-            losses = self._gather(evaluate(state.x))
-            self._record(history, step, state, losses)
-            if checkpoint is not None and (step + 1) % checkpoint_every == 0:
-                self._save(checkpoint, state, rng, step + 1, history)
+        def restore(random_state):
+            rng.bit_generator.state = random_state
+
+        saving = None
         if checkpoint is not None:
-            self._save(checkpoint, state, rng, nsteps, history)
-        runtime = time.perf_counter() - start
-
+            saving = Checkpoint(checkpoint, checkpoint_every, "diffopt.multiswarm", self._problem())
+        started = time.perf_counter()
+        initial = _LoopState(self._initial_state(dtype), jnp.full(self.nparticles, jnp.inf, dtype))
+        _, history, _, _ = run_loop(
+            run_steps, initial, nsteps, desc="PSO", progress=progress, comm=self.comm,
+            checkpoint=saving, extra=lambda: rng.bit_generator.state, restore=restore,
+        )
+        runtime = time.perf_counter() - started
         if not keep_init_random_state:
             self.random_state = rng.bit_generator.state
-        return {**history, "runtime": runtime}
+        return {**{name: rows.astype(dtype) for name, rows in history.items()}, "runtime": runtime}
 
     # -- pieces of a run ----------------------------------------------------------
 
@@ -330,44 +324,28 @@ class ParticleSwarm:
         parts = _comm.allgather((is_first_of_group, local_losses), comm=self.comm)
         return np.concatenate([losses for first, losses in parts if first])
 
-    @staticmethod
     def _record(history: dict, step: int, state: SwarmState, losses) -> None:
         history["swarm_x_history"][step] = state.x
         history["swarm_v_history"][step] = state.v
         history["swarm_loss_history"][step] = losses
 
-    def _problem(self) -> dict[str, np.ndarray]:
-        return {
-            "nparticles": np.array(self.nparticles),
-            "ndim": np.array(self.ndim),
-            "xlow": self.xlow,
-            "xhigh": self.xhigh,
-        }
-
-    def _save(self, path, state: SwarmState, rng, nsteps_done: int, history: dict) -> None:
-        if self.comm.rank == 0:
-            save_checkpoint(path, state, rng.bit_generator.state, nsteps_done, history, self._problem())
-
-    def _resume(self, path, nsteps: int, dtype):
-        """Load ``path`` on rank 0 and share it; None when there is no checkpoint yet."""
-
-        def load(path):
-            loaded = load_checkpoint(path, self._problem(), dtype)
-            if loaded[2] > nsteps:
-                raise ValueError(
-                    f"checkpoint {path!r} already holds {loaded[2]} steps, more than "
-                    f"nsteps={nsteps}; ask for at least {loaded[2]} steps or use another path"
-                )
-            return loaded
-
-        loaded = _npz.read_on_root(path, load, self.comm)
-        if loaded is None:
-            return None
-        state, random_state, nsteps_done, history = loaded
-        return SwarmState(*(jnp.asarray(a) for a in state)), random_state, nsteps_done, history
+    def _problem(self) -> str:
+        """What a checkpoint must match to be resumed by this swarm, in words."""
+        return (
+            f"nparticles={self.nparticles}; ndim={self.ndim}; xlow={self.xlow.tolist()}; "
+            f"xhigh={self.xhigh.tolist()}"
+        )
 
 
 # -- helpers ----------------------------------------------------------------------
+
+
+class _LoopState(NamedTuple):
+    """The swarm, and the losses at its current positions (not yet in its bests)."""
+
+    swarm: SwarmState
+    losses: Float[Array, " nparticles"]
+
 
 
 def _float_dtype():

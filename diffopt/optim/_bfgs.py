@@ -16,7 +16,7 @@ from .. import _comm
 from .._keys import as_key
 from ._bounds import check_inside, parse_bounds
 from ._checks import check_count, check_guess, check_replicated_inputs, raise_nonfinite_guess
-from ._flat import flatten_like, unflatten
+from ._flat import flatten_like, unflatten, unflatten_rows
 from ._progress import progress_bar
 
 
@@ -96,7 +96,7 @@ def scipy_bfgs(
     dtype = flat_guess.dtype
 
     def flat_loss_and_grad(x, key):
-        return _flat_loss_and_grad(loss_and_grad, jnp.asarray(x, dtype), key, spec)
+        return _flat_loss_and_grad(loss_and_grad, jax.device_put(np.asarray(x, dtype)), key, spec)
 
     # Loss at every evaluated point, and whether its gradient was finite.
     history: dict[bytes, tuple[float, bool]] = {}
@@ -161,9 +161,5 @@ def scipy_bfgs(
     keep = np.arange(0, len(xs), thin)
     if keep[-1] != len(xs) - 1:
         keep = np.append(keep, len(xs) - 1)
-    params = jnp.asarray(xs[keep], dtype=dtype)
-    if isinstance(guess, jax.Array):
-        params = params.reshape((len(params),) + jnp.shape(guess))
-    else:
-        params = jax.vmap(lambda p: unflatten(p, spec))(params)
-    return params, jnp.asarray(losses[keep]), result
+    params = unflatten_rows(xs[keep], spec, isinstance(guess, jax.Array))
+    return params, jax.device_put(losses[keep]), result

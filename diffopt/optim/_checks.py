@@ -6,7 +6,6 @@ import numbers
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxtyping import PyTree

@@ -1,10 +1,7 @@
-"""A compiled fit loop for any optax optimiser, with bounds, NaN stop and checkpoints."""
+"""Gradient-based fits with any optax optimiser: a pure init/step pair, and the compiled loop around it."""
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import math
 import warnings
 from typing import Any, Callable, NamedTuple
 
@@ -13,23 +10,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jaxtyping import Array, PyTree
+from jaxtyping import Array, Bool, Float, PyTree
 
 from .. import _comm
 from .._keys import as_key
 from ._bounds import Reparam, check_inside, parse_bounds
-from ._checkpoint import checkpoint_problem, load_checkpoint, save_checkpoint
+from ._checkpoint import Checkpoint
 from ._checks import (
-    check_count, check_guess, raise_nonfinite_guess, check_path, check_replicated_inputs,
+    check_count, check_guess, check_path, check_replicated_inputs, raise_nonfinite_guess,
 )
-from ._flat import flatten_like, unflatten
-from ._progress import progress_bar
-
-
-@functools.lru_cache(maxsize=32)
-def cached_adam(learning_rate: float) -> optax.GradientTransformation:
-    """``optax.adam(learning_rate)``, one object per rate, so repeated fits reuse the compiled loop."""
-    return optax.adam(learning_rate)
+from ._flat import FlatSpec, flatten, flatten_like, unflatten, unflatten_rows
+from ._loop import buffer_rows, compiled_steps, run_loop
+from ._static import StaticOptimizer
 
 
 class FitResult(NamedTuple):
@@ -38,14 +30,12 @@ class FitResult(NamedTuple):
     Attributes
     ----------
     params : pytree of arrays
-        Parameters at every recorded step, stacked on a leading axis (like
-        ``guess`` otherwise). Row 0 is the guess and the last row the final
-        parameters.
+        Parameters at every step, stacked on a leading axis (like ``guess``
+        otherwise): row 0 is the guess and the last row the final parameters.
     losses : array
-        Loss at the recorded steps (one fewer than ``params`` after a
-        complete fit: the final parameters were not evaluated).
+        The loss at each row of ``params``.
     aux : pytree or None
-        Auxiliary loss output at the recorded steps, when ``has_aux``.
+        Auxiliary loss output at each row of ``params``, when ``has_aux``.
     """
 
     params: PyTree
@@ -53,79 +43,201 @@ class FitResult(NamedTuple):
     aux: Any = None
 
 
-class _LoopState(eqx.Module):
-    z: Array
+class FitState(NamedTuple):
+    """The state of a gradient-based fit between two steps.
+
+    Attributes
+    ----------
+    z : array
+        The flattened parameters in the optimiser's variables (unbounded:
+        bounded parameters are a smooth function of them).
+    opt_state : pytree
+        The optax optimiser's state.
+    stopped : bool array
+        True once a step met a non-finite loss or gradient; later steps then
+        leave the state unchanged.
+    """
+
+    z: Float[Array, " n"]
     opt_state: PyTree
-    step: Array
-    stopped: Array  # a non-finite loss or gradient was met
+    stopped: Bool[Array, ""]
 
 
-@dataclasses.dataclass
-class _History:
-    """What a fit records, as lists of chunks (joined only when saved or returned)."""
+class FitInfo(NamedTuple):
+    """What one step of a fit saw.
 
-    params: list
-    losses: list
-    aux: list  # one list of chunks per aux leaf
+    Attributes
+    ----------
+    params : pytree
+        The parameters at which the loss and gradient were evaluated.
+    loss : scalar array
+        The loss there.
+    aux : pytree or None
+        The loss's auxiliary output there (``has_aux``).
+    finite : bool array
+        Whether the loss and gradient were finite (else the step was not taken).
+    """
 
-    def stacked(self) -> dict:
-        return {
-            "params": np.concatenate(self.params),
-            "losses": np.concatenate(self.losses),
-            "aux": [np.concatenate(rows) for rows in self.aux],
-        }
+    params: PyTree
+    loss: Array
+    aux: Any
+    finite: Bool[Array, ""]
 
 
-def _select(pred, new, old):
-    return jax.tree_util.tree_map(lambda a, b: jnp.where(pred, a, b), new, old)
+class FitAlgorithm(eqx.Module):
+    """A gradient-based fit as a pure ``init`` and ``step``, for your own jitted loop.
 
+    Build one with :func:`fit_algorithm`. ``step`` keeps what
+    :func:`fit` guarantees: parameters stay inside their bounds, and a step
+    that meets a non-finite loss or gradient is not taken and marks the
+    state ``stopped`` (later steps are no-ops), so a hand-written
+    ``lax.scan`` loop never walks into NaNs.
+    """
 
-@eqx.filter_jit
-def _run_chunk(loss_and_grad, optimizer, reparam, spec, base_key, const_randkey, has_aux,
-               nsteps, chunk, state: _LoopState):
-    uses_extra_args = isinstance(optimizer, optax.GradientTransformationExtraArgs)
+    loss_and_grad: Callable
+    optimizer: StaticOptimizer = eqx.field(static=True)
+    reparam: Reparam | None
+    spec: FlatSpec = eqx.field(static=True)
+    has_aux: bool = eqx.field(static=True)
 
-    def key_at(t):
-        if base_key is None:
-            return None
-        return base_key if const_randkey else jax.random.fold_in(base_key, t)
+    def init(self, guess: PyTree) -> FitState:
+        """The state before the first step, starting from ``guess``."""
+        flat, spec = flatten(guess)
+        if spec != self.spec:
+            raise ValueError("guess must have the structure, shapes and dtypes the algorithm was built for")
+        z = flat if self.reparam is None else self.reparam.from_params(flat)
+        return FitState(z, self.optimizer.value.init(z), jnp.asarray(False))
 
-    def to_params(z):
-        return z if reparam is None else reparam.to_params(z)
+    def params(self, state: FitState) -> PyTree:
+        """The parameters of ``state``, in the shape of the guess."""
+        return unflatten(self._to_flat_params(state.z), self.spec)
 
-    def loss_and_grad_z(z, key):
-        p_flat, pullback = jax.vjp(to_params, z)
-        out, grad = loss_and_grad(unflatten(p_flat, spec), key)
+    def _to_flat_params(self, z):
+        return z if self.reparam is None else self.reparam.to_params(z)
+
+    def _value_and_grad_z(self, z, randkey):
+        p_flat, pullback = jax.vjp(self._to_flat_params, z)
+        out, grad = self.loss_and_grad(unflatten(p_flat, self.spec), randkey)
         (g_z,) = pullback(flatten_like(grad, z.dtype))
         return out, g_z, p_flat
 
-    def one_step(s: _LoopState, _):
-        key = key_at(s.step)
-        out, g_z, p_flat = loss_and_grad_z(s.z, key)
-        loss, aux = out if has_aux else (out, None)
+    def step(self, state: FitState, randkey: Any = None) -> tuple[FitState, FitInfo]:
+        """Evaluate the loss and gradient at ``state``'s parameters, then take one optimiser step.
+
+        Parameters
+        ----------
+        state : FitState
+            The current state.
+        randkey : PRNG key, optional
+            Passed to ``loss_and_grad`` (None if the loss takes no key).
+
+        Returns
+        -------
+        state : FitState
+            The next state (unchanged if the loss or gradient is not finite,
+            or the state was already stopped).
+        info : FitInfo
+            The parameters, loss and aux of this evaluation.
+        """
+        out, g_z, p_flat = self._value_and_grad_z(state.z, randkey)
+        loss, aux = out if self.has_aux else (out, None)
         finite = jnp.isfinite(loss) & jnp.all(jnp.isfinite(g_z))
-        active = (s.step < nsteps) & ~s.stopped
-        if uses_extra_args:
+        optimizer = self.optimizer.value
+        if isinstance(optimizer, optax.GradientTransformationExtraArgs):
             def value_fn(z):
-                o = loss_and_grad_z(z, key)[0]
-                return o[0] if has_aux else o
+                o = self._value_and_grad_z(z, randkey)[0]
+                return o[0] if self.has_aux else o
 
             updates, opt_state = optimizer.update(
-                g_z, s.opt_state, s.z, value=loss, grad=g_z, value_fn=value_fn
+                g_z, state.opt_state, state.z, value=loss, grad=g_z, value_fn=value_fn
             )
         else:
-            updates, opt_state = optimizer.update(g_z, s.opt_state, s.z)
-        go = finite & active
-        new = _LoopState(
-            z=jnp.where(go, optax.apply_updates(s.z, updates), s.z),
-            opt_state=_select(go, opt_state, s.opt_state),
-            step=jnp.where(go, s.step + 1, s.step),
-            stopped=s.stopped | (active & ~finite),
+            updates, opt_state = optimizer.update(g_z, state.opt_state, state.z)
+        go = finite & ~state.stopped
+        new = FitState(
+            z=jnp.where(go, optax.apply_updates(state.z, updates), state.z),
+            opt_state=jax.tree_util.tree_map(lambda a, b: jnp.where(go, a, b), opt_state, state.opt_state),
+            stopped=state.stopped | ~finite,
         )
-        return new, (p_flat, loss, aux, go)
+        return new, FitInfo(unflatten(p_flat, self.spec), loss, aux, finite)
 
-    state, record = jax.lax.scan(one_step, state, None, length=chunk)
-    return state, record, to_params(state.z)
+
+def fit_algorithm(
+    loss_and_grad: Callable,
+    guess: PyTree,
+    optimizer: optax.GradientTransformation,
+    *,
+    param_bounds: Any = None,
+    has_aux: bool = False,
+) -> FitAlgorithm:
+    """A gradient-based fit of ``loss_and_grad`` as a pure ``init``/``step`` pair.
+
+    This is what :func:`fit` runs, for users who write their own compiled
+    loop::
+
+        algo = optim.fit_algorithm(loss_and_grad, guess, optax.adam(0.01), param_bounds=bounds)
+
+        @jax.jit
+        def run(state, key):
+            def body(state, t):
+                state, info = algo.step(state, jax.random.fold_in(key, t))
+                return state, info.loss
+            return jax.lax.scan(body, state, jnp.arange(500))
+
+        state, losses = run(algo.init(guess), jax.random.key(0))
+        best = algo.params(state)
+
+    Parameters
+    ----------
+    loss_and_grad : callable
+        ``loss_and_grad(params, randkey) -> (loss, grad)`` (``((loss, aux),
+        grad)`` with ``has_aux``), traceable by JAX.
+    guess : array or pytree of arrays
+        Parameters of the shape the fit works on (see :func:`fit`).
+    optimizer : optax.GradientTransformation
+        Any optax optimiser. Optimisers built again with the same
+        hyperparameters compare equal, so compiled code is reused.
+    param_bounds : Sequence, optional
+        ``(lower, upper)`` per flattened parameter, as for :func:`fit`.
+    has_aux : bool (default=False)
+        Whether the loss returns ``(loss, aux)``.
+
+    Returns
+    -------
+    FitAlgorithm
+        With ``init(guess) -> FitState``, ``step(state, randkey) -> (FitState,
+        FitInfo)`` and ``params(state)``.
+    """
+    if not isinstance(optimizer, optax.GradientTransformation):
+        raise TypeError(
+            f"optimizer must be an optax.GradientTransformation, got {type(optimizer).__name__}"
+        )
+    guess, flat_guess, spec = check_guess(guess)
+    reparam = None
+    bounds = parse_bounds(param_bounds, flat_guess.size)
+    if bounds is not None:
+        check_inside(np.asarray(flat_guess), bounds)
+        dtype = flat_guess.dtype
+        reparam = Reparam(jnp.asarray(bounds[0], dtype), jnp.asarray(bounds[1], dtype))
+    return FitAlgorithm(loss_and_grad, StaticOptimizer(optimizer), reparam, spec, bool(has_aux))
+
+
+class _FitLoopStep(eqx.Module):
+    """One step of :func:`fit`'s loop: the key of step ``t``, and a flat record."""
+
+    algorithm: FitAlgorithm
+    base_key: Any
+    const_randkey: bool = eqx.field(static=True)
+
+    def __call__(self, state: FitState, t):
+        key = self.base_key
+        if key is not None and not self.const_randkey:
+            key = jax.random.fold_in(key, t)
+        state, info = self.algorithm.step(state, key)
+        record = {"params": flatten_like(info.params, state.z.dtype), "loss": info.loss}
+        for i, leaf in enumerate(jax.tree_util.tree_leaves(info.aux)):
+            record[f"aux_{i}"] = leaf
+        return state, record, info.finite
 
 
 def fit(
@@ -147,8 +259,10 @@ def fit(
 ) -> FitResult:
     """Minimise a loss with any optax optimiser, in one compiled loop.
 
-    The steps run inside ``jax.lax.scan``, in chunks between which the
-    progress bar (rank 0 only) is updated and a checkpoint may be written.
+    The steps run inside a compiled ``lax.while_loop``, in chunks between
+    which the progress bar (rank 0 only) is updated and a checkpoint may be
+    written. The compiled loop depends on the problem only: another
+    ``nsteps``, guess or key reuses it.
 
     Parameters
     ----------
@@ -156,12 +270,15 @@ def fit(
         ``loss_and_grad(params, randkey) -> (loss, grad)`` (``((loss, aux),
         grad)`` with ``has_aux``), traceable by JAX. ``randkey`` is None when
         no key was given.
-    guess : pytree of arrays
-        Initial parameters, identical on every rank.
+    guess : array-like or pytree of arrays
+        Initial parameters, identical on every rank. Anything NumPy reads as
+        one numeric array (a list, tuple or ``NamedTuple`` of numbers, or an
+        array) is an array; dicts, equinox Modules and other pytrees keep
+        their structure.
     optimizer : optax.GradientTransformation
         Any optax optimiser, e.g. ``optax.adam(0.01)`` or ``optax.lbfgs()``.
     nsteps : int
-        Number of steps.
+        Number of optimiser steps.
     param_bounds : Sequence, optional
         ``(lower, upper)`` per flattened parameter, "shape" (ndim, 2); None
         or +-inf for an open side. Bounded parameters are optimised through a
@@ -172,7 +289,7 @@ def fit(
     const_randkey : bool (default=False)
         Pass the same key at every step instead.
     thin : int (default=1)
-        Record every ``thin``-th step only (the final parameters always).
+        Return every ``thin``-th row only (the final parameters always).
     progress : bool (default=True)
         Show a progress bar on rank 0.
     desc : str
@@ -185,16 +302,18 @@ def fit(
     checkpoint : str, optional
         Path of a checkpoint file. Rank 0 writes it atomically every
         ``checkpoint_every`` steps; a later call with the same path resumes
-        from it.
+        from it (and with a larger ``nsteps``, extends the fit).
     checkpoint_every : int (default=100)
         Steps between checkpoints.
 
     Returns
     -------
     FitResult
-        ``(params, losses, aux)`` histories. If the loss or gradient becomes
-        non-finite, the fit stops at that step on every rank with a
-        ``RuntimeWarning`` and the history ends at the last finite step.
+        ``(params, losses, aux)`` histories of ``nsteps + 1`` rows: the guess,
+        the parameters after each step, and the loss (and aux) at each of
+        them. If the loss or gradient becomes non-finite, the fit stops at
+        that step on every rank with a ``RuntimeWarning`` and the history
+        ends at the last finite row.
 
     Raises
     ------
@@ -206,92 +325,57 @@ def fit(
     thin = check_count("thin", thin, minimum=1)
     checkpoint_every = check_count("checkpoint_every", checkpoint_every, minimum=1)
     check_path("checkpoint", checkpoint)
-    if not isinstance(optimizer, optax.GradientTransformation):
-        raise TypeError(
-            f"optimizer must be an optax.GradientTransformation, got {type(optimizer).__name__}"
-        )
     comm = _comm.default_comm(comm)
-    guess, flat_guess, spec = check_guess(guess)
-    host_guess = np.asarray(flat_guess)
-    bounds = parse_bounds(param_bounds, flat_guess.size)
-    reparam = None
-    if bounds is not None:
-        check_inside(host_guess, bounds)
-        reparam = Reparam(jnp.asarray(bounds[0], flat_guess.dtype), jnp.asarray(bounds[1], flat_guess.dtype))
+    algorithm = fit_algorithm(loss_and_grad, guess, optimizer, param_bounds=param_bounds, has_aux=has_aux)
+    guess = check_guess(guess)[0]
+    state = algorithm.init(guess)
     base_key = as_key(randkey)
-    check_replicated_inputs(host_guess, base_key, comm)
+    key_data = None if base_key is None else np.asarray(jax.random.key_data(base_key))
+    check_replicated_inputs(np.asarray(flatten(guess)[0]), base_key, comm)
 
-    z0 = flat_guess if reparam is None else reparam.from_params(flat_guess)
-    state = _LoopState(z0, optimizer.init(z0), jnp.asarray(0), jnp.asarray(False))
-    # Chunks of rows: the params at which the loss was evaluated, that loss, its aux leaves.
-    history = _History([np.empty((0, host_guess.size), host_guess.dtype)], [host_guess[:0]], [])
-    aux_treedef = None
+    loop_step = _FitLoopStep(algorithm, base_key, bool(const_randkey))
+    saving = None
     if checkpoint is not None:
-        problem = checkpoint_problem(state, base_key, bounds, has_aux)
-        resumed = load_checkpoint(checkpoint, problem, state, base_key, comm)
-        if resumed is not None:
-            state, saved = resumed
-            history = _History([saved["params"]], [saved["losses"]], [[a] for a in saved["aux"]])
-            if int(state.step) > nsteps:
-                raise ValueError(
-                    f"checkpoint {str(checkpoint)!r} already holds {int(state.step)} steps, more "
-                    f"than nsteps={nsteps}; ask for at least {int(state.step)} steps or use "
-                    "another checkpoint path"
-                )
-
-    chunk = checkpoint_every if checkpoint is not None else math.ceil(nsteps / 20)
-    chunk = max(1, min(chunk, nsteps, 1000))
-    final = state.z if reparam is None else reparam.to_params(state.z)
-    with progress_bar(nsteps, desc, progress, comm) as bar:
-        bar.update(int(state.step))
-        while int(state.step) < nsteps:
-            start = int(state.step)
-            state, (p, losses, aux, went), final = _run_chunk(
-                loss_and_grad, optimizer, reparam, spec, base_key, const_randkey,
-                has_aux, jnp.asarray(nsteps), chunk, state,
-            )
-            went = np.asarray(went)
-            history.params.append(np.asarray(p)[went])
-            history.losses.append(np.asarray(losses)[went])
-            if has_aux:
-                leaves, aux_treedef = jax.tree_util.tree_flatten(aux)
-                history.aux = history.aux or [[] for _ in leaves]
-                for rows, leaf in zip(history.aux, leaves):
-                    rows.append(np.asarray(leaf)[went])
-            bar.update(int(state.step) - start)
-            if bool(state.stopped) and int(state.step) == 0:
-                raise_nonfinite_guess(desc, np.asarray(losses)[0])
-            if bool(state.stopped):
-                warnings.warn(
-                    f"{desc}: the loss or its gradient became non-finite at step "
-                    f"{int(state.step)} (loss = {np.asarray(losses)[~went][0]}); stopped "
-                    "there, returning the history up to the last finite step",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-                break
-            if checkpoint is not None:
-                save_checkpoint(checkpoint, problem, state, base_key, history.stacked(), comm)
-
-    recorded = history.stacked()
-    params = recorded["params"]
-    if not bool(state.stopped):
-        params = np.concatenate([params, np.asarray(final)[None]])
-    keep = np.arange(0, len(params), thin)
-    if keep[-1] != len(params) - 1:
-        keep = np.append(keep, len(params) - 1)
+        saving = Checkpoint(checkpoint, checkpoint_every, "diffopt fit", _problem(state, algorithm, base_key), key_data)
+    # One evaluation more than steps: the loss at the final parameters.
+    state, history, done, stopped = run_loop(
+        compiled_steps(loop_step, buffer_rows(loop_step, state)), state, nsteps + 1, desc=desc,
+        progress=progress, comm=comm, checkpoint=saving, nsteps_offset=1,
+    )
+    if stopped:
+        if done == 0:
+            raise_nonfinite_guess(desc, history["loss"][-1])
+        warnings.warn(
+            f"{desc}: the loss or its gradient became non-finite at step {done} (loss = "
+            f"{history['loss'][-1]}); stopped there, returning the history up to the last finite step",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        history = {name: rows[:-1] for name, rows in history.items()}
+    keep = np.arange(0, done, thin)
+    if keep[-1] != done - 1:
+        keep = np.append(keep, done - 1)
+    params = unflatten_rows(history["params"][keep], algorithm.spec, isinstance(guess, jax.Array))
     aux = None
     if has_aux:
-        if aux_treedef is None:  # resumed from a finished checkpoint: nothing ran
-            key0 = None if base_key is None else jax.random.fold_in(base_key, 0)
-            (_, aux_shape), _ = jax.eval_shape(loss_and_grad, unflatten(flat_guess, spec), key0)
-            aux_treedef = jax.tree_util.tree_structure(aux_shape)
-        aux = jax.tree_util.tree_unflatten(
-            aux_treedef, [jnp.asarray(a[::thin]) for a in recorded["aux"]]
-        )
-    params = jnp.asarray(params[keep])
-    if isinstance(guess, jax.Array):
-        params = params.reshape((len(params),) + jnp.shape(guess))
-    else:
-        params = jax.vmap(lambda p: unflatten(p, spec))(params)
-    return FitResult(params, jnp.asarray(recorded["losses"][::thin]), aux)
+        aux_shape = jax.eval_shape(lambda s: algorithm.step(s, loop_step.base_key)[1].aux, state)
+        leaves = [jax.device_put(history[f"aux_{i}"][keep]) for i in range(len(jax.tree_util.tree_leaves(aux_shape)))]
+        aux = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(aux_shape), leaves)
+    return FitResult(params, jax.device_put(history["loss"][keep]), aux)
+
+
+def _problem(state: FitState, algorithm: FitAlgorithm, base_key) -> str:
+    """What a checkpoint must match to be resumed by this fit, in words."""
+    opt_state = ", ".join(
+        f"{jnp.result_type(x)}{tuple(jnp.shape(x))}" for x in jax.tree_util.tree_leaves(state.opt_state)
+    )
+    reparam = algorithm.reparam
+    parts = [
+        f"{jnp.size(state.z)} {jnp.result_type(state.z)} parameters",
+        f"optimiser state [{opt_state}]",
+        "a random key" if base_key is not None else "no random key",
+        "aux values" if algorithm.has_aux else "no aux values",
+        "no bounds" if reparam is None else
+        f"bounds {np.stack([np.asarray(reparam.lower), np.asarray(reparam.upper)]).T.tolist()}",
+    ]
+    return "; ".join(parts)

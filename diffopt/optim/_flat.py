@@ -42,3 +42,19 @@ def unflatten(flat: jax.Array, spec: FlatSpec):
 def flatten_like(tree, dtype) -> jax.Array:
     leaves = jax.tree_util.tree_leaves(tree)
     return jnp.concatenate([jnp.ravel(x).astype(dtype) for x in leaves]) if leaves else jnp.zeros(0, dtype)
+
+
+def unflatten_rows(rows: np.ndarray, spec: FlatSpec, like_array: bool):
+    """Stacked flat vectors (a host array) as device arrays in the guess's shape.
+
+    Done with NumPy and ``jax.device_put``: ``jnp`` operations on arrays whose
+    length is the number of steps would compile something for every new
+    ``nsteps``.
+    """
+    n = len(rows)
+    sizes = [int(np.prod(s)) for s in spec.shapes]
+    parts = np.split(rows, np.cumsum(sizes)[:-1], axis=1) if sizes else []
+    leaves = [jax.device_put(np.asarray(p, dtype).reshape((n, *s))) for p, s, dtype in zip(parts, spec.shapes, spec.dtypes)]
+    if like_array:
+        return leaves[0]
+    return jax.tree_util.tree_unflatten(spec.treedef, leaves)

@@ -87,13 +87,13 @@ close("loss", loss, whole.calc_loss_from_params(guess))
 # Histories of a NamedTuple guess are arrays of shape (nsteps + 1, 2).
 gd = split.run_simple_grad_descent(guess=guess, nsteps=20, learning_rate=0.01, progress=False)
 gd_loss, gd_params = gd.loss, gd.params
-assert gd_params.shape == (21, 2) and gd_params.shape[1] == 2 and gd_loss.shape == (20,)
+assert gd_params.shape == (20, 2) and gd_params.shape[1] == 2 and gd_loss.shape == (20,)
 assert gd_loss[-1] < gd_loss[0]
 close("simple grad descent", gd_params, whole.run_simple_grad_descent(
     guess=guess, nsteps=20, learning_rate=0.01, progress=False).params)
 
 adam_params, adam_losses = split.run_adam(guess=guess, nsteps=30, progress=False)
-assert adam_params.shape == (31, 2) and adam_losses.shape == (30,)
+assert adam_params.shape == (31, 2) and adam_losses.shape == (31,)
 whole_params, whole_losses = whole.run_adam(guess=guess, nsteps=30, progress=False)
 close("adam params", adam_params, whole_params)
 close("adam losses", adam_losses, whole_losses)
