@@ -1,7 +1,7 @@
 """diffopt: exact, MPI-parallel optimisation of differentiable JAX models."""
 
-from . import kdescent, multigrad, multiswarm, optim
+from . import kdescent, multigrad, multiswarm, optim, sample
 from ._comm import replicate, sum_over_ranks
 
 __version__ = "0.1.0"
-__all__ = ["kdescent", "multigrad", "multiswarm", "optim", "replicate", "sum_over_ranks"]
+__all__ = ["kdescent", "multigrad", "multiswarm", "optim", "replicate", "sample", "sum_over_ranks"]

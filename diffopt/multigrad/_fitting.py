@@ -1,9 +1,9 @@
-"""The seed's ``run_*`` methods, thin conveniences over :mod:`diffopt.optim`."""
+"""The seed's ``run_*`` methods, thin conveniences over :mod:`diffopt.optim` and :mod:`diffopt.sample`."""
 
 from __future__ import annotations
 
 import copy
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import equinox as eqx
 import jax
@@ -11,7 +11,7 @@ import numpy as np
 import optax
 from jaxtyping import PyTree
 
-from .. import _comm, optim
+from .. import _comm, optim, sample
 from .._keys import as_key
 from ..optim._checks import check_count, check_guess, check_positive
 
@@ -41,6 +41,19 @@ class GradientDescentResult(NamedTuple):
     loss: jax.Array
     params: PyTree
     aux: Any
+
+
+class _Posterior(eqx.Module):
+    """``log_prior(params) - loss(params)`` of a model (or group): the target of its samplers."""
+
+    model: Any
+    log_prior: Callable | None
+
+    def __call__(self, params):
+        loss = self.model.calc_loss_from_params(params)
+        if getattr(self.model, "loss_func_has_aux", False):
+            loss = loss[0]
+        return -loss if self.log_prior is None else self.log_prior(params) - loss
 
 
 class FitMethods(eqx.Module):
@@ -225,6 +238,114 @@ class FitMethods(eqx.Module):
             randkey=randkey, progress=progress,
             comm=comm if comm is not None else self.fit_comm,
         )
+
+    def run_nuts(
+        self,
+        guess: PyTree,
+        nsamples: int,
+        nwarmup: int = 500,
+        log_prior: Callable | None = None,
+        param_bounds: Any = None,
+        randkey: Any = None,
+        nchains: int = 1,
+        progress: bool = True,
+        checkpoint: str | None = None,
+        *,
+        checkpoint_every: int = 100,
+        target_acceptance_rate: float = 0.8,
+        max_num_doublings: int = 10,
+    ) -> sample.SampleResult:
+        """Sample the posterior ``exp(log_prior(params) - loss(params))`` with NUTS.
+
+        For a calibrated posterior, write the loss as a negative
+        log-likelihood (for example ``0.5 * chi2``): the target log-density
+        is ``log_prior(params) - loss(params)``. The loss, summed over MPI
+        ranks, and its exact gradient are the same on every rank, so every
+        rank holds identical chains. See :func:`diffopt.sample.nuts`.
+
+        Parameters
+        ----------
+        guess : array-like
+            Where every chain starts (the best fit is a good choice).
+        nsamples : int
+            Draws per chain after warm-up.
+        nwarmup : int (default=500)
+            Warm-up transitions per chain (step size and mass matrix adapted).
+        log_prior : callable, optional
+            ``log_prior(params) -> scalar``, traceable. By default a flat
+            prior (inside ``param_bounds`` if given).
+        param_bounds : Sequence, optional
+            Lower and upper bounds of each parameter of "shape" (ndim, 2),
+            None for an open side; sampled through a change of variables
+            with its log-Jacobian.
+        randkey : int | PRNG Key (default=None, i.e. 0)
+            Seeds the chains; identical on every rank.
+        nchains : int (default=1)
+            Chains run side by side (``jax.vmap``) in one compiled loop.
+        progress : bool (default=True)
+            Show a progress bar on rank 0.
+        checkpoint : str, optional
+            Checkpoint path; a rerun with the same path resumes.
+        checkpoint_every : int (default=100)
+            Transitions between checkpoints.
+        target_acceptance_rate : float (default=0.8)
+            What the step-size adaptation aims at.
+        max_num_doublings : int (default=10)
+            Largest NUTS tree depth.
+
+        Returns
+        -------
+        SampleResult
+            ``(samples, logdensity, info)``; samples of shape ``(nchains,
+            nsamples, *guess_shape)``.
+        """
+        return sample.nuts(
+            self._posterior(guess, log_prior), guess, nsamples, nwarmup=nwarmup, nchains=nchains,
+            param_bounds=param_bounds, randkey=randkey, progress=progress, checkpoint=checkpoint,
+            checkpoint_every=checkpoint_every, comm=self.fit_comm,
+            target_acceptance_rate=target_acceptance_rate, max_num_doublings=max_num_doublings,
+        )
+
+    def run_hmc(
+        self,
+        guess: PyTree,
+        nsamples: int,
+        nwarmup: int = 500,
+        log_prior: Callable | None = None,
+        param_bounds: Any = None,
+        randkey: Any = None,
+        nchains: int = 1,
+        progress: bool = True,
+        checkpoint: str | None = None,
+        *,
+        num_integration_steps: int = 16,
+        checkpoint_every: int = 100,
+        target_acceptance_rate: float = 0.8,
+    ) -> sample.SampleResult:
+        """Sample the posterior ``exp(log_prior(params) - loss(params))`` with HMC.
+
+        As :meth:`run_nuts`, with a fixed number of leapfrog steps per
+        transition (``num_integration_steps``); see :func:`diffopt.sample.hmc`.
+        """
+        return sample.hmc(
+            self._posterior(guess, log_prior), guess, nsamples, num_integration_steps=num_integration_steps,
+            nwarmup=nwarmup, nchains=nchains, param_bounds=param_bounds, randkey=randkey,
+            progress=progress, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+            comm=self.fit_comm, target_acceptance_rate=target_acceptance_rate,
+        )
+
+    def _posterior(self, guess: PyTree, log_prior: Callable | None) -> _Posterior:
+        guess = check_guess(guess)[0]
+        if log_prior is not None:
+            if not callable(log_prior):
+                raise TypeError(f"log_prior must be callable or None, got {type(log_prior).__name__}")
+            out = jax.eval_shape(log_prior, guess)
+            if getattr(out, "shape", None) != ():
+                raise TypeError(
+                    "log_prior must return a scalar (the log prior density at params); got "
+                    + (f"shape {out.shape}" if hasattr(out, "shape") else type(out).__name__)
+                )
+        return _Posterior(self._checked(guess, None), log_prior)
 
     def run_lhs_param_scan(
         self, xmins: Any, xmaxs: Any, n_dim: int, num_evaluations: int,

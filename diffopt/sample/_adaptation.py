@@ -1,0 +1,136 @@
+"""Stan's windowed warm-up, one step at a time, for chunked and resumable sampling.
+
+blackjax's ``window_adaptation`` runs the whole warm-up as one ``lax.scan``.
+To run it in chunks (progress bar, checkpoints) its pieces are arranged here
+as a pure ``init``/``update``/``final`` over a state: blackjax's dual
+averaging tunes the step size towards the target acceptance rate, and a
+diagonal inverse mass matrix is estimated from the positions of each slow
+window (Welford's running variance, regularised towards ``1e-3`` as Stan
+does). The window schedule is blackjax's ``build_schedule``, packed into
+fixed-size arrays so that the compiled step does not depend on the number
+of warm-up steps.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from blackjax.adaptation.step_size import DualAveragingAdaptationState, dual_averaging_adaptation
+from blackjax.adaptation.window_adaptation import build_schedule
+from jaxtyping import Array, Bool, Float, Int
+
+# More slow windows than any warm-up has: each is twice the one before.
+_MAX_WINDOWS = 64
+
+
+class Schedule(NamedTuple):
+    """When the mass matrix is estimated (``slow_start <= t < slow_stop``) and updated."""
+
+    slow_start: Int[Array, ""]
+    slow_stop: Int[Array, ""]
+    window_ends: Int[Array, " windows"]  # steps ending a slow window; -1 pads
+    nwarmup: Int[Array, ""]
+
+
+def schedule(nwarmup: int) -> Schedule:
+    """Stan's schedule of ``nwarmup`` steps, as fixed-size arrays."""
+    slow, ends = np.zeros(0, bool), np.zeros(0, bool)
+    if nwarmup > 0:
+        stages = np.asarray(build_schedule(nwarmup))
+        slow, ends = stages[:, 0] == 1, stages[:, 1] == 1
+    slow_steps = np.flatnonzero(slow)
+    start, stop = (int(slow_steps[0]), int(slow_steps[-1]) + 1) if slow_steps.size else (0, 0)
+    window_ends = np.full(_MAX_WINDOWS, -1)
+    found = np.flatnonzero(ends)
+    window_ends[: found.size] = found
+    return Schedule(*(jnp.asarray(a, jnp.int32) for a in (start, stop, window_ends, nwarmup)))
+
+
+class AdaptationState(NamedTuple):
+    """Warm-up state of one chain.
+
+    Attributes
+    ----------
+    dual_averaging : DualAveragingAdaptationState
+        blackjax's step-size adaptation state.
+    count, mean, m2 : arrays
+        Welford's running count, mean and sum of squared deviations of the
+        positions in the current slow window.
+    step_size : scalar array
+        The step size to use for the next transition.
+    inverse_mass_matrix : array (n,)
+        The diagonal inverse mass matrix to use for the next transition.
+    """
+
+    dual_averaging: DualAveragingAdaptationState
+    count: Float[Array, ""]
+    mean: Float[Array, " n"]
+    m2: Float[Array, " n"]
+    step_size: Float[Array, ""]
+    inverse_mass_matrix: Float[Array, " n"]
+
+
+def _dual_averaging(target_acceptance_rate: float):
+    return dual_averaging_adaptation(target_acceptance_rate)
+
+
+def init(position: Float[Array, " n"], initial_step_size: float, target_acceptance_rate: float) -> AdaptationState:
+    """The warm-up state before the first transition."""
+    da_init, _, _ = _dual_averaging(target_acceptance_rate)
+    zeros = jnp.zeros_like(position)
+    step_size = jnp.asarray(initial_step_size, position.dtype)
+    return AdaptationState(da_init(step_size), jnp.zeros((), position.dtype), zeros, zeros, step_size,
+                           jnp.ones_like(position))
+
+
+def update(
+    state: AdaptationState,
+    t: Int[Array, ""],
+    sched: Schedule,
+    position: Float[Array, " n"],
+    acceptance_rate: Float[Array, ""],
+    target_acceptance_rate: float,
+) -> AdaptationState:
+    """The warm-up state after transition ``t`` (a no-op once ``t >= nwarmup``).
+
+    Every warm-up step tunes the step size. In slow windows the position also
+    enters the variance estimate; at the end of each slow window the inverse
+    mass matrix becomes that (regularised) variance, the estimate restarts,
+    and so does the step-size adaptation, from its averaged value. After the
+    last warm-up step the step size is the dual-averaging average.
+    """
+    da_init, da_update, da_final = _dual_averaging(target_acceptance_rate)
+    warming = t < sched.nwarmup
+    slow = (t >= sched.slow_start) & (t < sched.slow_stop)
+    window_end = jnp.any(sched.window_ends == t)
+
+    da = da_update(state.dual_averaging, acceptance_rate)
+    step_size = jnp.exp(da.log_step_size)
+
+    # Welford's update, in slow windows only.
+    count = state.count + slow
+    delta = position - state.mean
+    mean = jnp.where(slow, state.mean + delta / jnp.maximum(count, 1), state.mean)
+    m2 = jnp.where(slow, state.m2 + delta * (position - mean), state.m2)
+
+    # End of a slow window: Stan's regularised variance, and fresh estimates.
+    variance = m2 / jnp.maximum(count - 1, 1)
+    regularised = (count / (count + 5)) * variance + 1e-3 * (5 / (count + 5))
+    imm = jnp.where(window_end, regularised, state.inverse_mass_matrix)
+    restarted = da_init(da_final(da))
+    da = _where(window_end, restarted, da)
+    step_size = jnp.where(window_end, jnp.exp(restarted.log_step_size), step_size)
+    count, mean, m2 = (jnp.where(window_end, jnp.zeros_like(a), a) for a in (count, mean, m2))
+
+    # After the last warm-up step: the averaged step size.
+    last = t == sched.nwarmup - 1
+    step_size = jnp.where(last, da_final(da), step_size)
+    new = AdaptationState(da, count, mean, m2, step_size.astype(position.dtype), imm)
+    return _where(warming, new, state)
+
+
+def _where(pred: Bool[Array, ""], new, old):
+    return jax.tree_util.tree_map(lambda a, b: jnp.where(pred, a, b).astype(b.dtype), new, old)
