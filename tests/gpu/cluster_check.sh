@@ -4,6 +4,11 @@
 #
 #   source .gpu/gpu-setup.sh && bash tests/gpu/cluster_check.sh [--system-mpi]
 #
+# .gpu/ is prepared here first (../shared/gpu/README.md), with the mpi4py
+# sdist for --system-mpi:
+#   bash ../shared/gpu/fetch-wheels.sh && cp ../shared/gpu/gpu-setup.sh .gpu/
+#   python3 -m pip download -q --no-deps --no-binary mpi4py -d .gpu/sdist mpi4py
+#
 # 1. the GPUs diffopt counts without starting CUDA;
 # 2. the launcher check (scripts/mpi_launcher.py) with the system mpiexec;
 # 3. 2 ranks sharing the GPU: the GPU each got and diffopt's memory policy
@@ -14,6 +19,7 @@
 #    sdists in .gpu/sdist): mpi4py and mpi4jax compiled against the system
 #    MPI, as setup.sh --system-mpi does, then 2 and 4 again.
 # Logs go to $OUT (or /tmp/cluster-check). Each step is bounded in time.
+# SMF_HALOS=2e4 makes step 5 small enough for a machine without a GPU.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 LOGS=${OUT:-/tmp/cluster-check}; mkdir -p "$LOGS"
@@ -40,7 +46,7 @@ step count-gpus 60 "$PY" -c "from diffopt._gpus import count_gpus; print('diffop
 step launcher-check 180 "$PY" scripts/mpi_launcher.py
 step rank-gpus 180 "${LAUNCH[@]}" -n 2 "$PY" tests/gpu/rank_gpus.py 2
 step exact-2-ranks 300 "${LAUNCH[@]}" -n 2 "$PY" tests/mpi/multigrad_exact.py 4
-step smf-1e8 300 env NRANKS=2 NUM_HALOS=1e8 bash examples/cluster/smf_fit_mpiexec.sh
+step smf-1e8 300 env NRANKS=2 NUM_HALOS="${SMF_HALOS:-1e8}" bash examples/cluster/smf_fit_mpiexec.sh
 if [ "${1:-}" = --system-mpi ]; then
     if [ -x /usr/bin/mpicc ] && ls .gpu/sdist/mpi4py-*.tar.gz >/dev/null 2>&1; then
         step build-system-mpi 300 bash -c '
