@@ -85,12 +85,17 @@ def scaling_worker(nsteps=200):
 
 
 def scaling():
+    sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
+    from mpi_launcher import environment_bin, launcher
+
+    # Not mpi_environ(): its oversubscription setting turns Open MPI's binding off.
     env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-               XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
-    mpiexec = str(Path(sys.executable).parent / "mpiexec")
+               XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
+               PATH=environment_bin() + os.pathsep + os.environ.get("PATH", ""))
     rates = {}
     for n in (1, 2):
-        out = subprocess.run([mpiexec, "-n", str(n), "--bind-to", "core", sys.executable, __file__,
+        # $DIFFOPT_MPIEXEC, else the environment's mpiexec; --bind-to is an mpiexec option.
+        out = subprocess.run([*launcher(env), "-n", str(n), "--bind-to", "core", sys.executable, __file__,
                               "--worker"], env=env, capture_output=True, text=True, check=True).stdout
         rates[n] = float(out.split("STEPS_PER_SECOND")[1].split()[0])
         print(f"{n} rank(s), 1,000,000 halos, one XLA thread per rank: {rates[n]:.2f} steps/s")

@@ -21,10 +21,11 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 REPO = HERE.parent
-ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-           XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
+sys.path.insert(0, str(REPO / "scripts"))
+from mpi_launcher import launcher, mpi_environ  # noqa: E402  ($DIFFOPT_MPIEXEC, else the environment's mpiexec)
+
+ENV = dict(mpi_environ(), XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
            PYTHONPATH=str(REPO))
-MPIEXEC = str(Path(sys.executable).parent / "mpiexec")
 OPERATIONS = ["sumstats", "loss_and_grad", "run_adam", "run_bfgs", "pso", "pretrainer"]
 
 
@@ -32,7 +33,7 @@ def time_to_end():
     worst = 0.0
     for operation in OPERATIONS:
         proc = subprocess.run(
-            [MPIEXEC, "-n", "3", "--oversubscribe", sys.executable,
+            [*launcher(ENV), "-n", "3", sys.executable,
              str(REPO / "tests" / "mpi" / "rank_raises.py"), operation],
             env=ENV, capture_output=True, text=True, timeout=120,
         )

@@ -32,6 +32,8 @@ from jax.interpreters import ad, batching, mlir
 from jaxtyping import PyTree
 from mpi4py import MPI
 
+from . import _gpus
+
 __all__ = [
     "MPI",
     "StaticComm",
@@ -49,6 +51,7 @@ __all__ = [
     "check_replicated",
     "abort_job",
     "install_abort_on_error",
+    "map_ranks_to_gpus",
 ]
 
 
@@ -483,5 +486,32 @@ def check_replicated(value: Any, name: str, comm: Any = None) -> None:
         )
 
 
-# Any multi-rank job that imports diffopt ends as a whole when one rank raises.
+# --- one rank per GPU ------------------------------------------------------------
+
+
+def map_ranks_to_gpus(comm: Any = None, num_gpus: int | None = None) -> _gpus.GpuPlan | None:
+    """Give each rank the GPU of its node-local rank (see :func:`diffopt._gpus.plan_gpus`).
+
+    Run by every rank when diffopt is imported by a job of more than one rank
+    (a collective over ``comm``, default ``MPI.COMM_WORLD``), unless
+    ``DIFFOPT_NO_GPU_MAPPING`` is set. ``num_gpus`` defaults to the number of
+    GPUs counted on this rank's node. Returns the plan, or None when there
+    was nothing to decide.
+    """
+    comm = default_comm(comm)
+    if comm.size == 1 or _gpus.opted_out(os.environ):
+        return None
+    node_comm, _, _ = split_subcomms_by_node(comm)
+    local_rank, local_size = node_comm.rank, node_comm.size
+    node_comm.Free()
+    if num_gpus is None:
+        num_gpus = _gpus.count_gpus()
+    plan = _gpus.plan_gpus(local_rank, local_size, num_gpus, os.environ, _gpus.jax_visible_devices())
+    _gpus.apply_gpu_plan(plan)
+    return plan
+
+
+# Any multi-rank job that imports diffopt ends as a whole when one rank raises,
+# and its ranks share out the GPUs of their node (before JAX starts using one).
 install_abort_on_error()
+map_ranks_to_gpus()

@@ -5,6 +5,9 @@
 # site also builds from a clean checkout.
 #
 #     bash scripts/build_docs.sh [docs/PAGE.md ...]    # default: every page
+#
+# The pages' mpiexec commands start with $DIFFOPT_MPIEXEC when it is set
+# (srun, a site's mpiexec), else with the environment's mpiexec.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 .venv/bin/python tests/docs_harness.py --images docs/images "$@"

@@ -2,15 +2,24 @@
 # The main job: the seed stellar-mass-function fit on 2 MPI ranks (loss and
 # gradient compared with one rank, then BFGS), and the kdescent 5-parameter
 # fit. Prints fitted parameters next to the truth and writes PNGs to ./out.
+#
+# MPI jobs start with $DIFFOPT_MPIEXEC (for example `srun` or a site's
+# mpiexec), else the environment's mpiexec: see scripts/mpi_launcher.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 MPLBACKEND=Agg
+PY=$PWD/.venv/bin/python
+# The environment's bin/ first on PATH, and Open MPI's settings as variables
+# (root, more ranks than cores), which other MPIs ignore.
+export PATH="$PWD/.venv/bin:$PATH" MPLBACKEND=Agg
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
+    OMPI_MCA_rmaps_base_oversubscribe=1 PRTE_MCA_rmaps_default_mapping_policy=:oversubscribe
+read -r -a MPIEXEC <<< "${DIFFOPT_MPIEXEC:-mpiexec}"
 mkdir -p out
 echo "== multigrad: loss and gradient, 1 rank vs 2 ranks"
-.venv/bin/python examples/smf_compare_ranks.py
-.venv/bin/mpiexec -n 2 --oversubscribe .venv/bin/python examples/smf_compare_ranks.py
+"$PY" examples/smf_compare_ranks.py
+"${MPIEXEC[@]}" -n 2 "$PY" examples/smf_compare_ranks.py
 echo "== multigrad: BFGS fit of the SMF model on 2 ranks"
-(cd out && ../.venv/bin/mpiexec -n 2 --oversubscribe ../.venv/bin/python ../examples/smf_grad_descent.py)
+(cd out && "${MPIEXEC[@]}" -n 2 "$PY" ../examples/smf_grad_descent.py)
 echo "== kdescent: 5-parameter fit"
-(cd out && ../.venv/bin/python ../examples/kdescent_quickstart.py)
+(cd out && "$PY" ../examples/kdescent_quickstart.py)
 echo "Plots written to $(pwd)/out:"; ls out/*.png

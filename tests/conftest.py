@@ -1,9 +1,13 @@
-"""Shared test helpers. MPI tests run real scripts under a real ``mpiexec``."""
+"""Shared test helpers. MPI tests run real scripts under a real ``mpiexec``.
+
+Jobs start with the launcher of scripts/mpi_launcher.py: ``$DIFFOPT_MPIEXEC``
+(for example ``srun`` or a site's ``mpiexec``), else the environment's
+``mpiexec``.
+"""
 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,24 +16,19 @@ import pytest
 
 TESTS = Path(__file__).parent
 REPO = TESTS.parent
+sys.path.insert(0, str(REPO / "scripts"))
+from mpi_launcher import launcher, mpi_environ  # noqa: E402
 
 
 def mpiexec_path() -> str:
-    """The ``mpiexec`` next to this interpreter (the venv's), else the one on PATH."""
-    local = Path(sys.executable).parent / "mpiexec"
-    found = str(local) if local.exists() else shutil.which("mpiexec")
-    if found is None:
-        raise RuntimeError("no mpiexec found: run scripts/setup.sh to install an MPI runtime")
-    return found
+    """The launcher's executable (``$DIFFOPT_MPIEXEC``'s first word, else the environment's ``mpiexec``)."""
+    return launcher()[0]
 
 
 def mpi_env(threads_per_rank: int = 1, **extra: str) -> dict:
-    env = dict(os.environ)
+    """The environment of an MPI job: the launcher's (``mpi_launcher.mpi_environ``), and one XLA thread per rank."""
+    env = mpi_environ()
     env.update(
-        OMPI_ALLOW_RUN_AS_ROOT="1",
-        OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-        OMPI_MCA_rmaps_base_oversubscribe="1",
-        PRTE_MCA_rmaps_default_mapping_policy=":oversubscribe",
         # Several ranks share two cores: one XLA thread each avoids thrashing.
         XLA_FLAGS=(
             "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
@@ -43,6 +42,11 @@ def mpi_env(threads_per_rank: int = 1, **extra: str) -> dict:
     return env
 
 
+def mpi_command(nranks: int, *command: str, env: dict | None = None) -> list[str]:
+    """``LAUNCHER -n nranks *command``, the launcher taken from ``env`` (default ``mpi_env()``)."""
+    return [*launcher(env or mpi_env()), "-n", str(nranks), *command]
+
+
 def run_mpi(
     script: str | Path,
     nranks: int,
@@ -52,19 +56,14 @@ def run_mpi(
     env: dict | None = None,
     cwd: str | Path | None = None,
 ) -> subprocess.CompletedProcess:
-    """Run ``python script *args`` on ``nranks`` ranks under mpiexec.
+    """Run ``python script *args`` on ``nranks`` ranks with the MPI launcher.
 
     With ``check`` (the default) a non-zero exit on any rank fails the test
     and shows the output of every rank.
     """
-    cmd = [
-        mpiexec_path(), "-n", str(nranks), "--oversubscribe",
-        sys.executable, str(script), *args,
-    ]
-    proc = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=timeout,
-        env=env or mpi_env(), cwd=cwd,
-    )
+    env = env or mpi_env()
+    cmd = mpi_command(nranks, sys.executable, str(script), *args, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
     if check and proc.returncode != 0:
         pytest.fail(
             f"{' '.join(cmd)} exited with {proc.returncode}\n"

@@ -8,8 +8,10 @@ one page, from a scratch working directory:
    ``python FILE ARGS`` or ``mpiexec -n N python FILE ARGS``, with ``FILE``
    relative to the root of the docs tree (where mkdocs.yml is), as a reader
    types it there. ``mpiexec`` starts a real MPI job (``run_mpi`` of
-   tests/conftest.py). A line ending in ``# fails on purpose`` must exit
-   non-zero.
+   tests/conftest.py), with the launcher that ``$DIFFOPT_MPIEXEC`` names
+   (``srun``, a site's ``mpiexec``), else the environment's ``mpiexec``.
+   A line ending in ``# fails on purpose`` must exit non-zero.
+   Other blocks (``text``, ``console``) are shown, not run.
 2. Its ``python`` blocks, in page order, as one program in a fresh process:
    one namespace, as in a notebook. A snippet (``--8<-- "FILE:SECTION"``)
    runs the included code, which is what the page shows. A block that is one

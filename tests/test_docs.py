@@ -71,6 +71,9 @@ def check_many_ranks(run, workdir):
     assert "3 rank(s) holding [67, 133, 0] points" in run.outputs[2]
     assert "2 surveys on 3 ranks" in run.outputs[3]
     assert "4 ranks, 2 pairs" in run.outputs[4]
+    cluster = run.outputs[5]
+    assert "2 rank(s) on 1 node(s), 20,000 halos in all" in cluster and "BFGS has converged: True" in cluster
+    assert cluster.count(", 10,000 halos") == 2
 
 
 def check_fisher(run, workdir):

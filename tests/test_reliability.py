@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import TESTS, mpi_env, mpiexec_path, run_mpi
+from conftest import TESTS, mpi_command, mpi_env, run_mpi
 from diffopt import kdescent, multigrad, multiswarm
 
 # --- a failing rank ends the job ------------------------------------------------------------
@@ -101,8 +101,8 @@ def test_job_killed_with_sigkill_resumes_to_identical_params(tmp_path, kind, nra
 
     # The whole job, every rank and mpiexec, is killed at once, as when a node is lost.
     checkpoint = tmp_path / "fit.npz"
-    command = [mpiexec_path(), "-n", str(nranks), "--oversubscribe", sys.executable, str(script), kind,
-               str(tmp_path / "killed.npy"), str(checkpoint)]
+    command = mpi_command(nranks, sys.executable, str(script), kind, str(tmp_path / "killed.npy"),
+                          str(checkpoint))
     proc = subprocess.Popen(command, env=mpi_env(), start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
