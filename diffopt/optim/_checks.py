@@ -23,11 +23,11 @@ class NonFiniteGuessError(ValueError):
     """
 
 
-def raise_nonfinite_guess(desc: str, loss) -> None:
-    """Raise :class:`NonFiniteGuessError`: a fit's first loss (or gradient) is not finite."""
+def raise_nonfinite_guess(desc: str, value, what: str = "loss") -> None:
+    """Raise :class:`NonFiniteGuessError`: a fit's (or sampler's) first ``what`` or its gradient is not finite."""
     raise NonFiniteGuessError(
-        f"{desc}: the loss or its gradient is not finite at the guess (loss = {loss}); "
-        "check the data and the guess: nothing was fitted"
+        f"{desc}: the {what} or its gradient is not finite at the guess ({what} = {value}); "
+        "check the data and the guess: nothing was run"
     )
 
 

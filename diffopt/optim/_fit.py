@@ -20,7 +20,7 @@ from ._checks import (
     check_count, check_guess, check_path, check_replicated_inputs, raise_nonfinite_guess,
 )
 from ._flat import FlatSpec, flatten, flatten_like, unflatten, unflatten_rows
-from ._loop import buffer_rows, compiled_steps, run_loop
+from ._loop import compiled_init, compiled_steps, run_loop
 from ._static import StaticOptimizer
 
 
@@ -91,7 +91,9 @@ class FitAlgorithm(eqx.Module):
     :func:`fit` guarantees: parameters stay inside their bounds, and a step
     that meets a non-finite loss or gradient is not taken and marks the
     state ``stopped`` (later steps are no-ops), so a hand-written
-    ``lax.scan`` loop never walks into NaNs.
+    ``lax.scan`` loop never walks into NaNs. The state then stays at the
+    point where the loss was first not finite; the last finite parameters
+    are the ``info.params`` of the step before.
     """
 
     loss_and_grad: Callable
@@ -328,7 +330,7 @@ def fit(
     comm = _comm.default_comm(comm)
     algorithm = fit_algorithm(loss_and_grad, guess, optimizer, param_bounds=param_bounds, has_aux=has_aux)
     guess = check_guess(guess)[0]
-    state = algorithm.init(guess)
+    state = compiled_init(algorithm, guess)
     base_key = as_key(randkey)
     key_data = None if base_key is None else np.asarray(jax.random.key_data(base_key))
     check_replicated_inputs(np.asarray(flatten(guess)[0]), base_key, comm)
@@ -339,7 +341,7 @@ def fit(
         saving = Checkpoint(checkpoint, checkpoint_every, "diffopt fit", _problem(state, algorithm, base_key), key_data)
     # One evaluation more than steps: the loss at the final parameters.
     state, history, done, stopped = run_loop(
-        compiled_steps(loop_step, buffer_rows(loop_step, state)), state, nsteps + 1, desc=desc,
+        *compiled_steps(loop_step, state), nsteps + 1, desc=desc,
         progress=progress, comm=comm, checkpoint=saving, nsteps_offset=1,
     )
     if stopped:

@@ -64,9 +64,9 @@ def _select(pred, new, old):
 
 
 @eqx.filter_jit
-def _run_steps(step, state, start, stop, rows: int):
-    record_shape = jax.eval_shape(lambda s: step(s, start)[1], state)
-    buffers = jax.tree_util.tree_map(lambda s: jnp.zeros((rows, *s.shape), s.dtype), record_shape)
+def _run_steps(step, state, start, stop, records: tuple):
+    treedef, shapes = records
+    buffers = jax.tree_util.tree_unflatten(treedef, [jnp.zeros(s.shape, s.dtype) for s in shapes])
 
     def cond(carry):
         t, _, _, ok = carry
@@ -82,28 +82,37 @@ def _run_steps(step, state, start, stop, rows: int):
     return state, buffers, t, ok
 
 
-def buffer_rows(step: Callable, state: Any) -> int:
-    """How many steps one compiled chunk can record (at most 1024, and ~16 MB)."""
-    record = jax.eval_shape(lambda s: step(s, jnp.asarray(0))[1], state)
-    size = sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(record))
-    return int(np.clip(_BUFFER_ELEMENTS // max(size, 1), 16, 1024))
+@eqx.filter_jit
+def compiled_init(algorithm, *args):
+    """``algorithm.init(*args)``, compiled: one program instead of many small eager ones."""
+    return algorithm.init(*args)
 
 
-def compiled_steps(step: Callable, rows: int) -> Callable[[Any, int, int], Chunk]:
+def compiled_steps(step: Callable, state: Any) -> tuple[Callable[[Any, int, int], Chunk], Any]:
     """A chunk runner for a traceable ``step``: one compiled while-loop per chunk.
 
     ``step`` must be hashable and compare equal for equal problems (an
     ``equinox.Module``, or a function), so that its compiled loop is reused.
+    A chunk records at most 1024 steps, and about 16 MB.
+
+    Returns the runner and ``state`` cast to the dtypes ``step`` returns (so
+    that the first chunk and the next ones run the same compiled loop).
     """
+    out_state, record, _ = jax.eval_shape(step, state, jnp.asarray(0))
+    state = jax.tree_util.tree_map(lambda x, s: jnp.asarray(x, dtype=s.dtype), state, out_state)
+    size = sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(record))
+    rows = int(np.clip(_BUFFER_ELEMENTS // max(size, 1), 16, 1024))
+    leaves, treedef = jax.tree_util.tree_flatten(record)
+    records = (treedef, tuple(jax.ShapeDtypeStruct((rows, *s.shape), s.dtype) for s in leaves))
 
     def run(state, start: int, stop: int) -> Chunk:
         stop = min(stop, start + rows)
-        state, buffers, t, ok = _run_steps(step, state, jnp.asarray(start), jnp.asarray(stop), rows)
+        state, buffers, t, ok = _run_steps(step, state, jnp.asarray(start), jnp.asarray(stop), records)
         t, ok = int(t), bool(ok)
-        records = jax.tree_util.tree_map(lambda b: np.asarray(b)[: t - start], buffers)
-        return Chunk(state, records, t if ok else t - 1, not ok)
+        buffers = jax.tree_util.tree_map(lambda b: np.asarray(b)[: t - start], buffers)
+        return Chunk(state, buffers, t if ok else t - 1, not ok)
 
-    return run
+    return run, state
 
 
 def run_loop(

@@ -28,7 +28,7 @@ from ..optim._checks import (
     check_count, check_guess, check_path, check_positive, check_replicated_inputs, raise_nonfinite_guess,
 )
 from ..optim._flat import FlatSpec, unflatten, unflatten_rows
-from ..optim._loop import buffer_rows, compiled_steps, run_loop
+from ..optim._loop import compiled_init, compiled_steps, run_loop
 from . import _adaptation
 
 
@@ -238,10 +238,10 @@ def _sample(
         max_num_doublings, target_acceptance_rate,
     )
     z0 = flat_guess if reparam is None else reparam.from_params(flat_guess)
-    state = algorithm.init(z0)
+    state = compiled_init(algorithm, z0)
     start = float(state.chains.logdensity[0])
     if not (math.isfinite(start) and np.all(np.isfinite(np.asarray(state.chains.logdensity_grad[0])))):
-        raise_nonfinite_guess(f"{kernel.upper()} sampling", start)
+        raise_nonfinite_guess(f"{kernel.upper()} sampling", start, "log-density")
 
     loop_step = _SamplerLoopStep(algorithm, key)
     saving = None
@@ -256,7 +256,7 @@ def _sample(
         saving = Checkpoint(checkpoint, checkpoint_every, "diffopt sampler", problem,
                             np.asarray(jax.random.key_data(key)))
     state, history, done, stopped = run_loop(
-        compiled_steps(loop_step, buffer_rows(loop_step, state)), state, nwarmup + nsamples,
+        *compiled_steps(loop_step, state), nwarmup + nsamples,
         desc=f"{kernel.upper()} ({nwarmup} warm-up, {nsamples} draws)", progress=progress, comm=comm,
         checkpoint=saving,
     )
@@ -292,11 +292,15 @@ def _diagnostics(draws: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     nchains, nsamples, n = draws.shape
     if nsamples < 4:
         return np.full(n, np.nan), np.full(n, np.nan)
-    half = nsamples // 2
-    split = np.concatenate([draws[:, :half], draws[:, half:2 * half]], axis=0)
-    rhat = np.asarray(potential_scale_reduction(split))
-    ess = np.asarray(effective_sample_size(draws))
-    return rhat.reshape(n), ess.reshape(n)
+    rhat, ess = _split_rhat_and_ess(jax.device_put(draws))
+    return np.asarray(rhat).reshape(n), np.asarray(ess).reshape(n)
+
+
+@jax.jit
+def _split_rhat_and_ess(draws):
+    half = draws.shape[1] // 2
+    split = jnp.concatenate([draws[:, :half], draws[:, half:2 * half]], axis=0)
+    return potential_scale_reduction(split), effective_sample_size(draws)
 
 
 _COMMON_DOC = """
