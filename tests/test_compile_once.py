@@ -91,3 +91,20 @@ def test_other_hyperparameters_compile_again(monkeypatch):
     with compilations() as count:
         MODEL.run_adam(jnp.array([0.2, 0.5]), nsteps=3, optimizer=optax.adam(0.07), progress=False)
     assert count
+
+
+def test_sampler_second_call_compiles_nothing():
+    from diffopt import sample
+
+    def logdensity(p):
+        return -0.5 * jnp.sum((p - jnp.array([1.0, -1.0])) ** 2 / jnp.array([1.0, 4.0]))
+
+    sample.nuts(logdensity, jnp.zeros(2), 30, nwarmup=10, nchains=2, randkey=1, progress=False)
+    with compilations() as count:
+        # Another warm-up length, key and start: the same compiled sampler.
+        sample.nuts(logdensity, jnp.ones(2), 30, nwarmup=40, nchains=2, randkey=2, progress=False)
+    assert not count, f"{len(count)} compilation(s) on the second call"
+    with compilations() as count:
+        # Another number of draws: only blackjax's R-hat and ESS, for the new shape.
+        sample.nuts(logdensity, jnp.ones(2), 50, nwarmup=40, nchains=2, randkey=2, progress=False)
+    assert len(count) == 1, f"{len(count)} compilation(s) on the third call"

@@ -45,16 +45,18 @@ def flatten_like(tree, dtype) -> jax.Array:
 
 
 def unflatten_rows(rows: np.ndarray, spec: FlatSpec, like_array: bool):
-    """Stacked flat vectors (a host array) as device arrays in the guess's shape.
+    """Flat vectors stacked on leading axes (a host array) as device arrays shaped like the guess.
 
-    Done with NumPy and ``jax.device_put``: ``jnp`` operations on arrays whose
-    length is the number of steps would compile something for every new
-    ``nsteps``.
+    ``rows`` has shape ``(*lead, n)``; each leaf comes back with shape
+    ``(*lead, *leaf_shape)``. Done with NumPy and ``jax.device_put``: ``jnp``
+    operations on arrays whose length is the number of steps would compile
+    something for every new ``nsteps``.
     """
-    n = len(rows)
+    lead = rows.shape[:-1]
     sizes = [int(np.prod(s)) for s in spec.shapes]
-    parts = np.split(rows, np.cumsum(sizes)[:-1], axis=1) if sizes else []
-    leaves = [jax.device_put(np.asarray(p, dtype).reshape((n, *s))) for p, s, dtype in zip(parts, spec.shapes, spec.dtypes)]
+    parts = np.split(rows, np.cumsum(sizes)[:-1], axis=-1) if sizes else []
+    leaves = [jax.device_put(np.asarray(p, dtype).reshape((*lead, *s)))
+              for p, s, dtype in zip(parts, spec.shapes, spec.dtypes)]
     if like_array:
         return leaves[0]
     return jax.tree_util.tree_unflatten(spec.treedef, leaves)

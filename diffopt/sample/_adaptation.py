@@ -6,7 +6,7 @@ as a pure ``init``/``update``/``final`` over a state: blackjax's dual
 averaging tunes the step size towards the target acceptance rate, and a
 diagonal inverse mass matrix is estimated from the positions of each slow
 window (Welford's running variance, regularised towards ``1e-3`` as Stan
-does). The window schedule is blackjax's ``build_schedule``, packed into
+does). The window schedule follows blackjax's ``build_schedule``, packed into
 fixed-size arrays so that the compiled step does not depend on the number
 of warm-up steps.
 """
@@ -19,7 +19,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from blackjax.adaptation.step_size import DualAveragingAdaptationState, dual_averaging_adaptation
-from blackjax.adaptation.window_adaptation import build_schedule
 from jaxtyping import Array, Bool, Float, Int
 
 # More slow windows than any warm-up has: each is twice the one before.
@@ -36,17 +35,33 @@ class Schedule(NamedTuple):
 
 
 def schedule(nwarmup: int) -> Schedule:
-    """Stan's schedule of ``nwarmup`` steps, as fixed-size arrays."""
-    slow, ends = np.zeros(0, bool), np.zeros(0, bool)
-    if nwarmup > 0:
-        stages = np.asarray(build_schedule(nwarmup))
-        slow, ends = stages[:, 0] == 1, stages[:, 1] == 1
-    slow_steps = np.flatnonzero(slow)
-    start, stop = (int(slow_steps[0]), int(slow_steps[-1]) + 1) if slow_steps.size else (0, 0)
+    """Stan's schedule of ``nwarmup`` steps, as fixed-size arrays.
+
+    A fast interval (75 steps) adapts the step size alone, then slow windows
+    of doubling length (from 25) also estimate the mass matrix, the last one
+    stretched to meet a final fast interval (50 steps). Short warm-ups scale
+    the three to 15%, 75% and 10%; under 20 steps, only the step size adapts.
+    (The rules of blackjax's ``build_schedule``, computed with NumPy: it
+    compiles nothing.)
+    """
     window_ends = np.full(_MAX_WINDOWS, -1)
-    found = np.flatnonzero(ends)
-    window_ends[: found.size] = found
-    return Schedule(*(jnp.asarray(a, jnp.int32) for a in (start, stop, window_ends, nwarmup)))
+    start = stop = 0
+    if nwarmup >= 20:
+        initial, first, final = 75, 25, 50
+        if initial + first + final > nwarmup:
+            initial, final = int(0.15 * nwarmup), int(0.1 * nwarmup)
+            first = nwarmup - initial - final
+        start, stop = initial, nwarmup - final
+        ends, begin, size = [], initial, first
+        while begin < stop:
+            if 3 * size <= stop - begin:
+                end, size = begin + size, 2 * size
+            else:
+                end = stop
+            ends.append(end - 1)
+            begin = end
+        window_ends[: len(ends)] = ends
+    return Schedule(*(jnp.asarray(np.asarray(a, np.int32)) for a in (start, stop, window_ends, nwarmup)))
 
 
 class AdaptationState(NamedTuple):

@@ -270,20 +270,16 @@ def _sample(
 
 def _result(history: dict, state: SamplerState, nwarmup: int, spec: FlatSpec, like_array: bool) -> SampleResult:
     draws = {name: np.swapaxes(rows[nwarmup:], 0, 1) for name, rows in history.items()}  # (nchains, nsamples, ...)
-    nchains, nsamples, n = draws["params"].shape
-    samples = unflatten_rows(draws["params"].reshape(nchains * nsamples, n), spec, like_array)
-    samples = jax.tree_util.tree_map(lambda a: a.reshape((nchains, nsamples, *a.shape[1:])), samples)
+    samples = unflatten_rows(draws["params"], spec, like_array)
     rhat, ess = _diagnostics(draws["params"])
     info = SampleInfo(
         acceptance_rate=jax.device_put(draws["acceptance"].mean(axis=1)),
         divergences=jax.device_put(draws["divergent"].sum(axis=1)),
         step_size=state.adaptation.step_size,
         num_integration_steps=jax.device_put(draws["steps"].mean(axis=1)),
-        rhat=unflatten_rows(rhat[None], spec, like_array),
-        ess=unflatten_rows(ess[None], spec, like_array),
+        rhat=unflatten_rows(rhat, spec, like_array),
+        ess=unflatten_rows(ess, spec, like_array),
     )
-    info = info._replace(rhat=jax.tree_util.tree_map(lambda a: a[0], info.rhat),
-                         ess=jax.tree_util.tree_map(lambda a: a[0], info.ess))
     return SampleResult(samples, jax.device_put(draws["logdensity"]), info)
 
 
