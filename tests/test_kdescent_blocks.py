@@ -14,7 +14,12 @@ import pytest
 
 from diffopt import kdescent
 from diffopt.kdescent import _kernels
-from diffopt.kdescent._kernels import block_policy, default_chunk_size, fourier_sums, gaussian_kernel_sums
+from diffopt.kdescent._kernels import (
+    block_policy,
+    default_chunk_size,
+    fourier_sums,
+    gaussian_kernel_sums,
+)
 
 H200_BYTES = int(0.75 * 141e9)  # XLA's default 75% of an H200
 CPU = block_policy("cpu")
@@ -61,7 +66,7 @@ def _loss(p, x, w, centres, whit, shift, kvecs, chunk_size=None):
 
 def _evaluate(policy, args, chunk_size=None, hessian=False):
     p = jnp.array([0.1, -0.2, 0.3, 1.0, 1.1, 0.9, 0.05, 1.0], args[0].dtype)
-    loss = lambda p: _loss(p, *args, chunk_size=chunk_size)  # noqa: E731
+    loss = lambda p: _loss(p, *args, chunk_size=chunk_size)
     with _kernels._force_policy(policy):
         out = list(jax.jit(jax.value_and_grad(loss))(p))
         if hessian:  # forward over reverse mode
@@ -160,7 +165,7 @@ def test_kcalc_agrees_between_policies():
     train = jnp.asarray(rng.normal(size=(3000, 3)) * [1.0, 2.0, 0.5], jnp.float32)
     model = train[:2500] * 1.1 + 0.2
     kcalc = kdescent.KCalc(kdescent.KPretrainer.from_training_data(train, seed=1))
-    fn = lambda m: kcalc.reduced_chisq_loss(jax.random.key(2), m)  # noqa: E731
+    fn = lambda m: kcalc.reduced_chisq_loss(jax.random.key(2), m)
     out = {}
     for name, policy in (("cpu", CPU), ("gpu", GPU)):
         with _kernels._force_policy(policy):
@@ -168,3 +173,25 @@ def test_kcalc_agrees_between_policies():
     np.testing.assert_allclose(float(out["gpu"][0]), float(out["cpu"][0]), rtol=1e-5)
     np.testing.assert_allclose(np.asarray(out["gpu"][1]), np.asarray(out["cpu"][1]), rtol=1e-4,
                                atol=1e-4 * float(jnp.max(jnp.abs(out["cpu"][1]))))
+
+
+@pytest.mark.parametrize("policy", [CPU, GPU], ids=["cpu", "gpu"])
+def test_far_sample_under_each_policy(policy):
+    """A sample shifted by 1e20: finite losses and gradients, exactly zero for the kernel counts."""
+    rng = np.random.default_rng(5)
+    train = rng.normal(size=(500, 3)).astype(np.float32) * [1.0, 2.0, 3.0] + [1.0, 2.0, 3.0]
+    kcalc = kdescent.KCalc(kdescent.KPretrainer.from_training_data(
+        train, num_eval_kernels=10, num_eval_fourier_positions=10))
+    x = jnp.asarray(train)
+
+    def losses(p):
+        mk, tk = kcalc.compare_kde_counts(1, x + p)
+        return jnp.mean((mk - tk) ** 2), kcalc.reduced_chisq_loss(2, x + p)
+
+    far = jnp.array([1e20, -1e20, 1e20], jnp.float32)
+    with _kernels._force_policy(policy):
+        kde_grad = jax.jit(jax.grad(lambda p: losses(p)[0]))(far)
+        chisq, chisq_grad = jax.jit(jax.value_and_grad(lambda p: losses(p)[1]))(far)
+        near = jax.jit(lambda p: losses(p)[1])(jnp.zeros(3, jnp.float32))
+    np.testing.assert_array_equal(np.asarray(kde_grad), 0.0)
+    assert np.all(np.isfinite(np.asarray(chisq_grad))) and float(chisq) > float(near)

@@ -138,7 +138,7 @@ def default_chunk_size(num_kernels: int, policy: BlockPolicy | None = None) -> i
     return int(max(256, policy.block_elements // max(int(num_kernels), 1)))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _accelerator_policy() -> BlockPolicy | None:
     """The policy of this machine's first GPU or TPU (None when it has none)."""
     for backend in ("cuda", "rocm", "tpu"):
@@ -258,7 +258,7 @@ def _sincos_of_dot(y: Array, kvecs: Array, fast: bool) -> tuple[Array, Array]:
     """``sincos(theta)`` with ``theta_nk = k_k . y_n``, for y (C, D) and kvecs (K, D).
 
     ``fast`` uses the float32 polynomial unconditionally: the caller has
-    checked the range (see :func:`_range_checked`).
+    checked the range (see :func:`_chunked_sum`).
     """
     theta = _dot(y, kvecs)
     return _sincos_f32(theta) if fast and theta.dtype == jnp.float32 else _sincos_exact(theta)
@@ -276,23 +276,6 @@ def _sincos_of_dot_jvp(fast, primals, tangents):
 
 
 _sincos_of_dot.defjvp(_sincos_of_dot_jvp, symbolic_zeros=True)
-
-
-def _range_checked(run: Callable[..., Any], fast: bool, x: Array, kvecs: Array, shift: Array, *operands: Any) -> Any:
-    """``run(fast_sincos, *operands)`` with the fastest valid sine and cosine.
-
-    With ``fast``, one cheap bound on every phase ``|k . (x_n - s)|`` chooses
-    between the polynomial and the exact path for the whole call (a NaN
-    bound takes the exact one), so a sample far from ``shift`` costs the
-    exact path's time but gives its answer. One choice per call rather than
-    per block: a ``lax.cond`` inside the block loop stops XLA's CPU backend
-    from running the blocks' loops on several threads (measured 1.5x slower
-    on 2 cores).
-    """
-    if not fast:
-        return run(False, *operands)
-    fast_ok = _phase_bound(x - shift, kvecs) < _FAST_SINCOS_LIMIT
-    return jax.lax.cond(fast_ok, functools.partial(run, True), functools.partial(run, False), *operands)
 
 
 def _phase_bound(y: Array, kvecs: Array) -> Array:
@@ -407,6 +390,7 @@ def _chunked_sum(
     chunk_size: int,
     remat: bool = False,
     remat_one_block: bool = False,
+    phases: tuple[Array, Array, Array] | None = None,
 ) -> Any:
     """``sum`` over chunks of ``body(*point_chunks, consts)``.
 
@@ -417,33 +401,60 @@ def _chunked_sum(
     are None, the caller passes weights so that the padding has zero weight.
     ``remat`` recomputes each chunk in the backward pass; with one chunk only
     when ``remat_one_block`` is also set.
+
+    ``phases = (x, kvecs, shift)`` makes ``body`` take a first argument,
+    ``fast``: whether the float32 sine/cosine polynomial is valid for every
+    phase ``k . (x_n - shift)``. One cheap bound decides it for the whole call
+    (a NaN bound takes the exact path), so a sample far from ``shift`` costs
+    the exact path's time but gets its answer. The choice is a ``lax.cond``
+    around the whole loop, taking the already split points: inside the loop
+    it would stop XLA's CPU backend from running each block on several
+    threads (measured 1.5x slower on 2 cores).
     """
     n = next(a.shape[0] for a in per_point if a is not None)
     num_chunks, chunk_size = _chunking(n, chunk_size)
-    fn = jax.checkpoint(body) if remat else body
+
     if num_chunks <= 1:  # includes n == 0: sums over no points are zeros
-        return (fn if remat_one_block else body)(*per_point, consts)
+        xs = tuple(per_point)
 
-    pad = num_chunks * chunk_size - n
+        def run(body, xs, consts):
+            return (jax.checkpoint(body) if remat and remat_one_block else body)(*xs, consts)
 
-    def split(a):
-        if a is None:
-            return None
-        if pad:
-            a = jnp.concatenate([a, jnp.zeros((pad, *a.shape[1:]), a.dtype)])
-        return a.reshape(num_chunks, chunk_size, *a.shape[1:])
+    else:
+        pad = num_chunks * chunk_size - n
 
-    xs = tuple(split(a) for a in per_point)
+        def split(a):
+            if a is None:
+                return None
+            if pad:
+                a = jnp.concatenate([a, jnp.zeros((pad, *a.shape[1:]), a.dtype)])
+            return a.reshape(num_chunks, chunk_size, *a.shape[1:])
 
-    def step(acc, chunks):
-        out = fn(*chunks, consts)
-        return jax.tree_util.tree_map(jnp.add, acc, out), None
+        xs = tuple(split(a) for a in per_point)
 
-    first = tuple(None if a is None else a[0] for a in xs)
-    out_shape = jax.eval_shape(body, *first, consts)
-    init = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), out_shape)
-    acc, _ = jax.lax.scan(step, init, xs)
-    return acc
+        def run(body, xs, consts):
+            fn = jax.checkpoint(body) if remat else body
+
+            def step(acc, chunks):
+                out = fn(*chunks, consts)
+                return jax.tree_util.tree_map(jnp.add, acc, out), None
+
+            first = tuple(None if a is None else a[0] for a in xs)
+            out_shape = jax.eval_shape(body, *first, consts)
+            init = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), out_shape)
+            return jax.lax.scan(step, init, xs)[0]
+
+    if phases is None:
+        return run(body, xs, consts)
+    x, kvecs, shift = phases
+    fast_ok = _phase_bound(x - shift, kvecs) < _FAST_SINCOS_LIMIT
+    return jax.lax.cond(
+        fast_ok,
+        lambda xs, consts: run(functools.partial(body, True), xs, consts),
+        lambda xs, consts: run(functools.partial(body, False), xs, consts),
+        xs,
+        consts,
+    )
 
 
 def _chunking(n: int, chunk_size: int) -> tuple[int, int]:
@@ -472,8 +483,6 @@ _LANES = 8
 def _pad_kernels(a: Array) -> Array:
     pad = -a.shape[0] % _LANES
     return a if pad == 0 else jnp.concatenate([a, jnp.zeros((pad, *a.shape[1:]), a.dtype)])
-
-
 
 
 # --- Gaussian kernel sums -------------------------------------------------------
@@ -529,8 +538,8 @@ def _gauss_jvp(plan, primals, tangents):
             tangent = tangent + _wsum(dwc, p)
         if (has_du or has_dv) and plan.matmul_tangents:
             a = p if wc is None else wc[:, None] * p
-            du = _gauss_du(u, xc, whitening, shift, dxc, dW, ds) if has_du else None
             if has_du:
+                du = _gauss_du(u, xc, whitening, shift, dxc, dW, ds)
                 # sum_n a_nk (v_k - u_n) . du_n
                 tangent = tangent + jnp.sum(centres * (a.T @ du), axis=1) - jnp.sum(u * du, axis=1) @ a
             if has_dv:
@@ -607,8 +616,6 @@ def gaussian_kernel_sums(
     return _on_platform(run, num_kernels, chunk_size, weights, x, centres, whitening, shift)
 
 
-
-
 def _gauss_squares_body(wc, xc, consts):
     p = _gauss_block(xc, consts)[1]
     wp = p if wc is None else wc[:, None] * p
@@ -633,6 +640,14 @@ def gaussian_kernel_sums_and_squares(x, weights, centres, whitening, shift, *, c
 # --- Fourier sums ---------------------------------------------------------------
 
 
+def _fourier_chunked_sum(body, per_point, consts, plan: _Plan, phases, **kwargs):
+    """:func:`_chunked_sum` of a Fourier ``body(fast, ...)``: with the range
+    check where the polynomial sine/cosine may be used, else exact."""
+    if plan.fast_sincos and phases[0].dtype == jnp.float32:
+        return _chunked_sum(body, per_point, consts, plan.chunk, phases=phases, **kwargs)
+    return _chunked_sum(functools.partial(body, False), per_point, consts, plan.chunk, **kwargs)
+
+
 def _fourier_body(fast, wc, xc, consts):
     kvecs, shift = consts
     s, c = _sincos_of_dot(xc - shift, kvecs, fast)
@@ -641,11 +656,7 @@ def _fourier_body(fast, wc, xc, consts):
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
 def _fourier_shifted(plan, weights, x, kvecs, shift):
-    def run(fast, weights, x, kvecs, shift):
-        body = functools.partial(_fourier_body, fast)
-        return _chunked_sum(body, (weights, x), (kvecs, shift), plan.chunk)
-
-    return _range_checked(run, plan.fast_sincos, x, kvecs, shift, weights, x, kvecs, shift)
+    return _fourier_chunked_sum(_fourier_body, (weights, x), (kvecs, shift), plan, (x, kvecs, shift))
 
 
 def _fourier_jvp(plan, primals, tangents):
@@ -693,18 +704,16 @@ def _fourier_jvp(plan, primals, tangents):
             t_im = t_im + _wsum(wc, c * dtheta)
         return {"value": value, "tangent": (t_re, t_im)}
 
-    def run(fast, per_point, consts_all):
-        return _chunked_sum(
-            functools.partial(body, fast),
-            per_point,
-            consts_all,
-            plan.chunk,
-            remat=True,
-            remat_one_block=plan.remat_one_block,
-        )
-
     per_point = (weights, x, dw if has_dw else None, dx if has_dx else None)
-    out = _range_checked(run, plan.fast_sincos, x, kvecs, shift, per_point, ((kvecs, shift), tconsts))
+    out = _fourier_chunked_sum(
+        body,
+        per_point,
+        ((kvecs, shift), tconsts),
+        plan,
+        (x, kvecs, shift),
+        remat=True,
+        remat_one_block=plan.remat_one_block,
+    )
     return out["value"], out["tangent"]
 
 
@@ -764,8 +773,6 @@ def fourier_sums(
     return _rotate(re, im, kvecs, shift)
 
 
-
-
 def fourier_sums_and_squares(x, weights, kvecs, shift, *, chunk_size=None):
     """ECF sums plus what their uncertainties need, as additive sums over points.
 
@@ -782,12 +789,12 @@ def fourier_sums_and_squares(x, weights, kvecs, shift, *, chunk_size=None):
         padded = _pad_kernels(kvecs)
         w2 = jnp.ones(x.shape[0], x.dtype) if weights is None else weights * weights
 
-        def ecf(fast, w, k):
-            re, im = _chunked_sum(functools.partial(_fourier_body, fast), (w, x), (k, shift), plan.chunk)
+        def ecf(w, k):
+            re, im = _fourier_chunked_sum(_fourier_body, (w, x), (k, shift), plan, (x, k, shift))
             return re[:num_kernels], im[:num_kernels]
 
-        re, im = _range_checked(ecf, plan.fast_sincos, x, padded, shift, _pad_weights(weights, x, plan.chunk), padded)
-        re2, im2 = _range_checked(ecf, plan.fast_sincos, x, 2 * padded, shift, w2, 2 * padded)
+        re, im = ecf(_pad_weights(weights, x, plan.chunk), padded)
+        re2, im2 = ecf(w2, 2 * padded)
         return re, im, re2, im2
 
     re, im, re2, im2 = _on_platform(run, num_kernels, chunk_size, weights, x, kvecs, shift)
