@@ -129,10 +129,14 @@ def test_on_a_machine_with_a_gpu_the_cpu_still_runs_the_cpu_policy(monkeypatch):
     p = jnp.array([0.1, -0.2, 0.3, 1.0, 1.1, 0.9, 0.05, 1.0], jnp.float32)
     assert "platform_index" in str(jax.make_jaxpr(jax.value_and_grad(lambda p: _loss(p, *args)))(p))
     got = jax.jit(jax.value_and_grad(lambda p: _loss(p, *args)))(p)
+    got_hessian = jax.jit(jax.hessian(lambda p: _loss(p, *args)))(p)
     monkeypatch.setattr(_kernels, "_accelerator_policy", lambda: None)
     want = jax.jit(jax.value_and_grad(lambda p: _loss(p, *args)))(p)
+    want_hessian = jax.jit(jax.hessian(lambda p: _loss(p, *args)))(p)
     for g, w in zip(got, want):
         np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+    # The Hessian's program is arranged a little differently (round-off).
+    np.testing.assert_allclose(np.asarray(got_hessian), np.asarray(want_hessian), rtol=1e-6)
 
 
 @pytest.mark.parametrize("which", ["kde", "fourier"])

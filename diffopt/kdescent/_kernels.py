@@ -70,13 +70,17 @@ _DEVICE_MEMORY_FRACTION = 1 / 8
 # differentiated call (points, weights and kernels all varying) holds 8 to
 # 10 of them (tests/test_kdescent_blocks.py::test_one_block_memory_bound).
 _LIVE_BLOCK_ARRAYS = 16
-# Used to trace the accelerator branch when no accelerator is present (that
-# branch then never runs).
+# Assumed when a device does not report its memory.
 _FALLBACK_DEVICE_MEMORY = 16 * 2**30
 
 
 class BlockPolicy(NamedTuple):
     """How the fused sums block their points on one platform.
+
+    The accelerator choices (one block, recompute, exact sine/cosine,
+    elementwise tangents) follow from how GPUs work and are tested for
+    equal results on CPU; their speed on a GPU is what
+    ``benchmarks/bench_gpu.py`` measures, next to the alternatives.
 
     Attributes
     ----------
@@ -85,16 +89,18 @@ class BlockPolicy(NamedTuple):
         points per step.
     remat_one_block : bool
         Recompute the block in the backward pass even when one block holds
-        every point (on GPUs, recomputing is cheaper than storing ``N x K``
-        residuals in device memory and reading them back).
+        every point (on a GPU, recomputing a few exponentials should cost less
+        than writing ``N x K`` residuals to device memory and reading them
+        back).
     fast_sincos : bool
         Use the vectorised float32 sine/cosine polynomial (XLA's CPU
         ``sin``/``cos`` are scalar library calls; on accelerators they are
         native and exact, so they are used directly).
     matmul_tangents : bool
-        Write the derivative's sums over a block as matrix products (fastest
-        with XLA's CPU GEMM) rather than elementwise, whose transpose fuses
-        into reductions that never store a block (the accelerator choice).
+        Write the derivative's sums over a block as matrix products (measured
+        fastest with XLA's CPU backend: 1.8x for the kernel counts) rather
+        than elementwise, whose transpose is a few reductions that a GPU
+        can fuse with the block's computation.
     """
 
     block_elements: int
@@ -109,8 +115,9 @@ def block_policy(platform: str, memory_bytes: int | None = None) -> BlockPolicy:
     On CPU a block is 1 MB (``2**18`` float32 elements), independent of the
     problem. On other platforms a block may hold ``memory_bytes / 8 / 64``
     elements (``memory_bytes``: the memory XLA may use on the device; 16 GiB
-    when not given), so that sixteen block-sized float32 arrays, more than a
-    differentiated call keeps alive, stay under 1/8 of it. Problems with
+    when not given), so that sixteen block-sized float32 arrays stay under
+    1/8 of it (a differentiated call compiled as one block by XLA's CPU
+    backend holds 8 to 10). Problems with
     ``N x K`` up to ``memory / 512`` run as a single block: about ``1.2e8``
     on an 80 GB card with JAX's default 75% memory fraction, ``2e8`` on a
     141 GB one.
