@@ -15,6 +15,11 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
     OMPI_MCA_rmaps_base_oversubscribe=1 PRTE_MCA_rmaps_default_mapping_policy=:oversubscribe
 read -r -a MPIEXEC <<< "${DIFFOPT_MPIEXEC:-mpiexec}"
 mkdir -p out
+# Keep every compiled program in out/jax-cache, as
+# diffopt.enable_compilation_cache("out/jax-cache") does from Python: a second
+# run of the job reads them back instead of compiling.
+export JAX_COMPILATION_CACHE_DIR="$PWD/out/jax-cache" JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 \
+    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=-1
 echo "== multigrad: loss and gradient, 1 rank vs 2 ranks"
 "$PY" examples/smf_compare_ranks.py
 "${MPIEXEC[@]}" -n 2 "$PY" examples/smf_compare_ranks.py

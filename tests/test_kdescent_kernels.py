@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import stats
 
 from diffopt import kdescent
@@ -299,3 +301,137 @@ def test_kcalc_shape_check_fires_under_jit(kcalc2d):
     # The shape check also fires under jit.
     with pytest.raises(ValueError, match="x has 1 dimensions"):
         jax.jit(lambda x: kcalc.compare_kde_counts(0, x))(jnp.zeros((5, 1)))
+
+
+# --- phases of any size -----------------------------------------------------------
+# The float32 polynomial sine/cosine is valid for |theta| < ~1e5; beyond it the
+# kernels must give the jnp.sin/jnp.cos answer, so that a loss stays finite and
+# ordered however far a model sample wanders.
+
+_THETA_SLOTS = 64  # one compiled shape for every hypothesis example
+
+
+@st.composite
+def _thetas(draw):
+    """float32 phases with log-uniform magnitudes in [1e-3, 1e30], both signs."""
+    count = draw(st.integers(1, _THETA_SLOTS))
+    exps = draw(st.lists(st.floats(-3.0, 30.0), min_size=count, max_size=count))
+    signs = draw(st.lists(st.sampled_from([-1.0, 1.0]), min_size=count, max_size=count))
+    theta = (np.array(signs) * 10.0 ** np.array(exps)).astype(np.float32)
+    return np.resize(theta, _THETA_SLOTS)
+
+
+_jit_sincos = jax.jit(sincos)
+_jit_sincos_grad = jax.jit(jax.grad(lambda t, a, b: jnp.sum(a * sincos(t)[0] + b * sincos(t)[1])))
+_jit_sincos_jvp = jax.jit(lambda t, dt: jax.jvp(sincos, (t,), (dt,)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(_thetas())
+def test_sincos_matches_jnp_over_the_float32_range(theta):
+    s, c = _jit_sincos(jnp.asarray(theta))
+    s_ref, c_ref = jnp.sin(theta), jnp.cos(theta)
+    np.testing.assert_allclose(np.asarray(s), np.asarray(s_ref), rtol=0, atol=3e-7)
+    np.testing.assert_allclose(np.asarray(c), np.asarray(c_ref), rtol=0, atol=3e-7)
+    # Gradients (through the custom_jvp), reverse and forward mode.
+    a = np.linspace(-1.0, 2.0, theta.size, dtype=np.float32)
+    b = np.linspace(1.5, -0.5, theta.size, dtype=np.float32)
+    grad = _jit_sincos_grad(jnp.asarray(theta), a, b)
+    np.testing.assert_allclose(np.asarray(grad), a * np.asarray(c_ref) - b * np.asarray(s_ref), rtol=0, atol=1e-6)
+    _, (ds, dc) = _jit_sincos_jvp(jnp.asarray(theta), jnp.asarray(a))
+    np.testing.assert_allclose(np.asarray(ds), a * np.asarray(c_ref), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(dc), -a * np.asarray(s_ref), rtol=0, atol=1e-6)
+
+
+_jit_fourier_grad = jax.jit(jax.value_and_grad(
+    lambda p, x, w, k, s: jnp.sum(jnp.stack(fourier_sums(x + p, w, k, s)) * jnp.array([[1.0], [-0.5]])),
+    argnums=(0, 2)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.floats(-3.0, 30.0), st.sampled_from([-1.0, 1.0]), st.integers(0, 2**31 - 1))
+def test_fourier_sums_match_the_same_float32_phases_at_any_distance(log_offset, sign, seed):
+    """1-D, so that a float32 phase is one rounded product, reproducible in NumPy."""
+    rng = np.random.default_rng(seed)
+    offset = np.float32(sign * 10.0**log_offset)
+    x = (offset + rng.normal(size=(300, 1)) * max(1.0, abs(offset) * 1e-6)).astype(np.float32)
+    w = rng.uniform(0.5, 1.5, size=300).astype(np.float32)
+    k = rng.uniform(0.1, 2.0, size=(13, 1)).astype(np.float32)
+    shift = np.array([0.25], np.float32)
+    (value, (gp, gw)) = _jit_fourier_grad(jnp.float32(0.0), x, w, k, shift)
+    # theta in float32 exactly as the kernel forms it: (x - s) * k, then the
+    # rotation by exp(i k s) (exact here: k s is small).
+    theta = ((x - shift) * k[:, 0]).astype(np.float32).astype(np.float64)  # (n, K)
+    phase = (k[:, 0].astype(np.float64) * np.float64(shift[0]))
+    ecf = (w.astype(np.float64) @ np.exp(1j * theta)) * np.exp(1j * phase)
+    want = np.sum(ecf.real) - 0.5 * np.sum(ecf.imag)
+    assert np.isfinite(float(value)) and np.all(np.isfinite(np.asarray(gw))) and np.isfinite(float(gp))
+    np.testing.assert_allclose(float(value), want, rtol=0, atol=1e-5 * w.sum() * 13)
+    # d/dw_n and d/dp of the same dense formula.
+    dens = np.exp(1j * theta) * np.exp(1j * phase)  # (n, K)
+    np.testing.assert_allclose(np.asarray(gw), dens.real.sum(1) - 0.5 * dens.imag.sum(1), rtol=0, atol=1e-4)
+    dp = (w[:, None] * 1j * k[:, 0] * dens).sum(0)
+    np.testing.assert_allclose(float(gp), np.sum(dp.real) - 0.5 * np.sum(dp.imag), rtol=0,
+                               atol=1e-5 * np.abs(dp).sum())
+
+
+@pytest.fixture(scope="module")
+def far_problem():
+    rng = np.random.default_rng(13)
+    train = rng.multivariate_normal([1.0, 2.0, 3.0], np.diag([3.0, 5.0, 7.0]), size=100).astype(np.float32)
+    kcalc = kdescent.KCalc(kdescent.KPretrainer.from_training_data(
+        train, num_eval_kernels=10, num_eval_fourier_positions=10))
+
+    def kde_mse(p, key):
+        model, truth = kcalc.compare_kde_counts(key, train * 0.999 + p)
+        return jnp.mean((model - truth) ** 2)
+
+    def chisq(p, key):
+        return kcalc.reduced_chisq_loss(key, train * 0.999 + p)
+
+    return kde_mse, chisq
+
+
+NEAR, WORSE, FAR = [0.0, 0.0, 0.0], [0.9, -1.7, 2.4], [1e20, -1e20, 1e20]
+
+
+@pytest.mark.parametrize("which", ["kde_mse", "chisq"])
+def test_losses_stay_finite_and_ordered_far_from_the_data(far_problem, which):
+    loss = dict(zip(["kde_mse", "chisq"], far_problem))[which]
+    value_and_grad = jax.jit(jax.value_and_grad(loss))
+    for seed in range(4):
+        key = jax.random.key(seed)
+        (near, g_near), (worse, _), (far, g_far) = (
+            value_and_grad(jnp.array(p, jnp.float32), key) for p in (NEAR, WORSE, FAR))
+        assert float(far) > float(worse) > float(near) > 0, (which, seed, far, worse, near)
+        assert np.all(np.isfinite(np.asarray(g_near))) and np.all(np.isfinite(np.asarray(g_far)))
+        if which == "kde_mse":
+            # No kernel sees the far sample: its gradient is exactly zero, not NaN.
+            np.testing.assert_array_equal(np.asarray(g_far), 0.0)
+
+
+@pytest.mark.parametrize("which", ["kde_mse", "chisq"])
+def test_adam_recovers_the_shift(far_problem, which):
+    loss = dict(zip(["kde_mse", "chisq"], far_problem))[which]
+    params, losses = kdescent.adam(loss, jnp.array(WORSE), nsteps=100, learning_rate=0.5, progress=False)
+    np.testing.assert_allclose(np.asarray(params[-1]), 0.0, atol=0.1)
+    assert np.all(np.isfinite(np.asarray(losses)))
+
+
+def test_ecf_of_data_far_from_the_origin_is_accurate():
+    """Positions near 1e6 with spread 1: the phases are centred on the training
+    mean and rotated back exactly, so the ECF matches a float64 evaluation of
+    the same float32 numbers (a float32 k . mean alone would be off by 0.06 rad)."""
+    rng = np.random.default_rng(14)
+    train = (rng.normal(size=(4000, 3)) + [1e6, -2e6, 5e5]).astype(np.float32)
+    model = (rng.normal(size=(3000, 3)) * 1.1 + [1e6 + 0.2, -2e6, 5e5]).astype(np.float32)
+    kcalc = kdescent.KCalc(kdescent.KPretrainer.from_training_data(
+        train, num_pretrain_kernels=200, num_pretrain_fourier_positions=200, seed=2))
+    key = jax.random.key(3)
+    mf, tf = kcalc.compare_fourier_counts(key, model)
+    kvecs = np.asarray(kcalc.pretrainer.fourier_positions, np.float64)[np.asarray(kcalc.realize_fourier_inds(key))]
+    for got, pts in ((mf, model), (tf, train)):
+        want = np.exp(1j * (pts.astype(np.float64) @ kvecs.T)).sum(0)
+        np.testing.assert_allclose(np.asarray(got), want, rtol=0, atol=2e-5 * len(pts))
+    mk, tk = kcalc.compare_kde_counts(key, model)
+    assert np.all(np.isfinite(np.asarray(mk))) and float(jnp.sum(mk)) > 0.1 * float(jnp.sum(tk))

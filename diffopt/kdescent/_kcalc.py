@@ -28,10 +28,16 @@ class KCalc(eqx.Module):
     pretrained training ones. Use a new key each step for stochastic gradient
     descent, and the same key on every MPI rank.
 
-    The model statistics are evaluated in one fused, chunked pass over the
-    points (see :mod:`diffopt.kdescent._kernels`): memory does not grow with
-    ``n_points x n_kernels``, and they are differentiable (reverse and forward
-    mode) with respect to the points and the weights.
+    The model statistics are evaluated in one fused, blocked pass over the
+    points (see :mod:`diffopt.kdescent._kernels`), differentiable (reverse and
+    forward mode) with respect to the points and the weights. Memory is the
+    points plus a few ``chunk x num_eval_kernels`` float32 arrays, forward and
+    backward. The default chunk follows the platform the computation is
+    compiled for: on CPU a 1 MB block (``2**18 // num_eval_kernels``
+    points); on a GPU or TPU a block sized so that sixteen block-sized
+    arrays fit in 1/8 of the device memory, which runs ``n_points x
+    num_eval_kernels`` up to ``memory / 512`` (about ``1.2e8`` on an 80 GB
+    card) as a single block (see :func:`diffopt.kdescent._kernels.block_policy`).
 
     KCalc is an ``equinox.Module``: pass it to jitted functions as an
     argument or capture it, as you like.
@@ -41,8 +47,8 @@ class KCalc(eqx.Module):
     pretrainer : KPretrainer
         The training statistics to compare with.
     chunk_size : int, optional
-        Model points per step of the fused pass (default: enough for a ~1 MB
-        block of kernel values).
+        Model points per block of the fused pass, on every platform (default:
+        from the platform, as above).
     """
 
     pretrainer: KPretrainer
