@@ -82,7 +82,7 @@ CASES = [
     ("adam nsteps negative", lambda: adam(nsteps=-1), ValueError, "nsteps must be >= 0"),
     ("adam nsteps float", lambda: adam(nsteps=2.5), TypeError, "nsteps must be an int"),
     ("adam nsteps bool", lambda: adam(nsteps=True), TypeError, "nsteps must be an int"),
-    ("adam thin zero", lambda: adam(thin=0), ValueError, "thin must be >= 1"),
+    ("adam thin negative", lambda: adam(thin=-1), ValueError, "thin must be >= 0"),
     ("adam thin float", lambda: adam(thin=1.5), TypeError, "thin must be an int"),
     ("adam learning_rate zero", lambda: adam(learning_rate=0), ValueError, "learning_rate must be positive"),
     ("adam learning_rate negative", lambda: adam(learning_rate=-0.1), ValueError, "learning_rate"),
@@ -148,7 +148,7 @@ CASES = [
     # --- optim -------------------------------------------------------------------------------------
     ("fit optimizer", lambda: optim.fit(loss_and_grad, GUESS, None, 3), TypeError, "optimizer"),
     ("fit nsteps", lambda: optim.fit(loss_and_grad, GUESS, optax.adam(0.1), -2), ValueError, "nsteps"),
-    ("scipy_bfgs thin", lambda: optim.scipy_bfgs(loss_and_grad, GUESS, thin=0), ValueError, "thin"),
+    ("scipy_bfgs thin", lambda: optim.scipy_bfgs(loss_and_grad, GUESS, thin=-2), ValueError, "thin"),
     ("scipy_bfgs guess NaN", lambda: optim.scipy_bfgs(loss_and_grad, jnp.array([jnp.nan])), ValueError,
      "guess must be finite"),
     ("lhs xmins above xmaxs", lambda: optim.latin_hypercube(1.0, 0.0, 2, 5), ValueError,

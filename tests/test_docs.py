@@ -110,7 +110,7 @@ def test_every_page_is_in_the_navigation():
         assert f": {page}" in nav, f"{page} is not in mkdocs.yml's nav"
 
 
-@pytest.mark.parametrize("module", ["multigrad", "kdescent", "multiswarm", "optim"])
+@pytest.mark.parametrize("module", ["multigrad", "kdescent", "multiswarm", "optim", "sample"])
 def test_api_reference_lists_every_public_name(module):
     page = (REPO / "docs" / "api" / f"{module}.md").read_text()
     documented = set(re.findall(rf"^::: diffopt\.{module}\.(\w+)$", page, re.M))

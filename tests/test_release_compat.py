@@ -62,6 +62,21 @@ def test_run_adam_returns_params_and_losses():
     np.testing.assert_allclose(group_losses, adam_losses, rtol=1e-6)
 
 
+def test_thin_zero_returns_only_the_final_parameters():
+    m = model()
+    params, losses = m.run_adam(ParamTuple(0.1, 0.1), nsteps=5, thin=0, progress=False)
+    full, full_losses = m.run_adam(ParamTuple(0.1, 0.1), nsteps=5, progress=False)
+    assert params.shape == (2,) and losses.shape == ()
+    np.testing.assert_array_equal(params, full[-1])
+    np.testing.assert_array_equal(losses, full_losses[-1])
+    gd = m.run_simple_grad_descent(ParamTuple(0.1, 0.1), nsteps=5, thin=0, progress=False)
+    assert gd.params.shape == (2,) and gd.loss.shape == ()
+    params, losses = kdescent.adam(scalar_loss, [0.1, 0.1], nsteps=5, thin=0, randkey=None, progress=False)
+    assert params.shape == (2,) and losses.shape == ()
+    params, losses, _ = kdescent.bfgs(scalar_loss, [0.1, 0.1], maxsteps=5, thin=0, progress=False)
+    assert params.shape == (2,) and losses.shape == ()
+
+
 # --- 2. array-like guesses are arrays; other pytrees stay pytrees ---------------------------------
 
 ARRAY_LIKE = {

@@ -76,7 +76,8 @@ def adam(
     const_randkey : bool (default False)
         Pass the same key at every step instead.
     thin : int (default 1)
-        Return every ``thin``-th step only (the final parameters always).
+        Return every ``thin``-th step only (the final parameters always); 0
+        returns only the final parameters and loss, unstacked.
     progress : bool (default True)
         Show a progress bar (on rank 0).
     optimizer : optax.GradientTransformation, optional
@@ -146,7 +147,8 @@ def bfgs(
     randkey : int or PRNG key, optional
         Key passed to ``lossfunc`` at every call.
     thin : int (default 1)
-        Return every ``thin``-th iteration only.
+        Return every ``thin``-th iteration only (the last always; 0: the last
+        only, unstacked).
     progress : bool (default True)
         Show a progress bar (on rank 0).
     comm : MPI.Intracomm, optional

@@ -163,7 +163,8 @@ class FitMethods(eqx.Module):
         optimizer : optax.GradientTransformation, optional
             Any optax optimiser to use instead of ``optax.adam(learning_rate)``.
         thin : int (default=1)
-            Record every ``thin``-th step.
+            Record every ``thin``-th step (the final one always; 0: only the
+            final parameters and loss, unstacked).
         progress : bool (default=True)
             Show a progress bar on rank 0.
         checkpoint : str, optional
@@ -253,6 +254,7 @@ class FitMethods(eqx.Module):
         *,
         checkpoint_every: int = 100,
         target_acceptance_rate: float = 0.8,
+        dense_mass_matrix: bool = False,
         max_num_doublings: int = 10,
     ) -> sample.SampleResult:
         """Sample the posterior ``exp(log_prior(params) - loss(params))`` with NUTS.
@@ -290,6 +292,9 @@ class FitMethods(eqx.Module):
             Transitions between checkpoints.
         target_acceptance_rate : float (default=0.8)
             What the step-size adaptation aims at.
+        dense_mass_matrix : bool (default=False)
+            Adapt a dense inverse mass matrix, for strongly correlated
+            parameters.
         max_num_doublings : int (default=10)
             Largest NUTS tree depth.
 
@@ -303,7 +308,8 @@ class FitMethods(eqx.Module):
             self._posterior(guess, log_prior), guess, nsamples, nwarmup=nwarmup, nchains=nchains,
             param_bounds=param_bounds, randkey=randkey, progress=progress, checkpoint=checkpoint,
             checkpoint_every=checkpoint_every, comm=self.fit_comm,
-            target_acceptance_rate=target_acceptance_rate, max_num_doublings=max_num_doublings,
+            target_acceptance_rate=target_acceptance_rate, dense_mass_matrix=dense_mass_matrix,
+            max_num_doublings=max_num_doublings,
         )
 
     def run_hmc(
@@ -321,6 +327,7 @@ class FitMethods(eqx.Module):
         num_integration_steps: int = 16,
         checkpoint_every: int = 100,
         target_acceptance_rate: float = 0.8,
+        dense_mass_matrix: bool = False,
     ) -> sample.SampleResult:
         """Sample the posterior ``exp(log_prior(params) - loss(params))`` with HMC.
 
@@ -332,6 +339,7 @@ class FitMethods(eqx.Module):
             nwarmup=nwarmup, nchains=nchains, param_bounds=param_bounds, randkey=randkey,
             progress=progress, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
             comm=self.fit_comm, target_acceptance_rate=target_acceptance_rate,
+            dense_mass_matrix=dense_mass_matrix,
         )
 
     def _posterior(self, guess: PyTree, log_prior: Callable | None) -> _Posterior:

@@ -16,7 +16,7 @@ from .. import _comm
 from .._keys import as_key
 from ._bounds import check_inside, parse_bounds
 from ._checks import check_count, check_guess, check_replicated_inputs, raise_nonfinite_guess
-from ._flat import flatten_like, unflatten, unflatten_rows
+from ._flat import flatten_like, kept_rows, unflatten, unflatten_rows
 from ._progress import progress_bar
 
 
@@ -61,7 +61,8 @@ def scipy_bfgs(
     randkey : int | PRNG key, optional
         Passed unchanged at every call (BFGS needs a deterministic loss).
     thin : int (default=1)
-        Record every ``thin``-th iteration.
+        Record every ``thin``-th iteration (the last always); 0 returns only
+        the final parameters and loss, unstacked.
     progress : bool (default=True)
         Show a progress bar on rank 0.
     comm : MPI.Intracomm, optional
@@ -83,7 +84,7 @@ def scipy_bfgs(
         finite at the guess.
     """
     maxsteps = check_count("maxsteps", maxsteps)
-    thin = check_count("thin", thin, minimum=1)
+    thin = check_count("thin", thin)
     comm = _comm.default_comm(comm)
     guess, flat_guess, spec = check_guess(guess)
     x0 = np.asarray(flat_guess, dtype=np.float64)
@@ -158,8 +159,6 @@ def scipy_bfgs(
     missing = np.flatnonzero(np.isnan(losses))
     for i in missing:  # SciPy's callback may report a point it did not evaluate last
         losses[i] = float(flat_loss_and_grad(xs[i], key)[0])
-    keep = np.arange(0, len(xs), thin)
-    if keep[-1] != len(xs) - 1:
-        keep = np.append(keep, len(xs) - 1)
+    keep = kept_rows(len(xs), thin)
     params = unflatten_rows(xs[keep], spec, isinstance(guess, jax.Array))
     return params, jax.device_put(losses[keep]), result

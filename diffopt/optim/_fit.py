@@ -19,7 +19,7 @@ from ._checkpoint import Checkpoint
 from ._checks import (
     check_count, check_guess, check_path, check_replicated_inputs, raise_nonfinite_guess,
 )
-from ._flat import FlatSpec, flatten, flatten_like, unflatten, unflatten_rows
+from ._flat import FlatSpec, flatten, flatten_like, kept_rows, unflatten, unflatten_rows
 from ._loop import compiled_init, compiled_steps, run_loop
 from ._static import StaticOptimizer
 
@@ -291,7 +291,8 @@ def fit(
     const_randkey : bool (default=False)
         Pass the same key at every step instead.
     thin : int (default=1)
-        Return every ``thin``-th row only (the final parameters always).
+        Return every ``thin``-th row only (the final parameters always); 0
+        returns only the final parameters and their loss, unstacked.
     progress : bool (default=True)
         Show a progress bar on rank 0.
     desc : str
@@ -324,7 +325,7 @@ def fit(
         finite at the guess itself.
     """
     nsteps = check_count("nsteps", nsteps)
-    thin = check_count("thin", thin, minimum=1)
+    thin = check_count("thin", thin)
     checkpoint_every = check_count("checkpoint_every", checkpoint_every, minimum=1)
     check_path("checkpoint", checkpoint)
     comm = _comm.default_comm(comm)
@@ -354,9 +355,7 @@ def fit(
             stacklevel=2,
         )
         history = {name: rows[:-1] for name, rows in history.items()}
-    keep = np.arange(0, done, thin)
-    if keep[-1] != done - 1:
-        keep = np.append(keep, done - 1)
+    keep = kept_rows(done, thin)
     params = unflatten_rows(history["params"][keep], algorithm.spec, isinstance(guess, jax.Array))
     aux = None
     if has_aux:

@@ -60,3 +60,11 @@ def unflatten_rows(rows: np.ndarray, spec: FlatSpec, like_array: bool):
     if like_array:
         return leaves[0]
     return jax.tree_util.tree_unflatten(spec.treedef, leaves)
+
+
+def kept_rows(nrows: int, thin: int):
+    """Which rows a history keeps: every ``thin``-th and the last; only the last (unstacked) if ``thin`` is 0."""
+    if thin == 0:
+        return nrows - 1
+    keep = np.arange(0, nrows, thin)
+    return keep if keep[-1] == nrows - 1 else np.append(keep, nrows - 1)

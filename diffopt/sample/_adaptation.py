@@ -2,11 +2,11 @@
 
 blackjax's ``window_adaptation`` runs the whole warm-up as one ``lax.scan``.
 To run it in chunks (progress bar, checkpoints) its pieces are arranged here
-as a pure ``init``/``update``/``final`` over a state: blackjax's dual
-averaging tunes the step size towards the target acceptance rate, and a
-diagonal inverse mass matrix is estimated from the positions of each slow
-window (Welford's running variance, regularised towards ``1e-3`` as Stan
-does). The window schedule follows blackjax's ``build_schedule``, packed into
+as a pure ``init``/``update`` over a state: blackjax's dual averaging tunes
+the step size towards the target acceptance rate, and a diagonal (or dense)
+inverse mass matrix is estimated from the positions of each slow window
+(Welford's running (co)variance, shrunk as Stan does, but towards ``1e-3``
+of its own variances rather than of the identity: scale-free). The window schedule follows blackjax's ``build_schedule``, packed into
 fixed-size arrays so that the compiled step does not depend on the number
 of warm-up steps.
 """
@@ -72,33 +72,38 @@ class AdaptationState(NamedTuple):
     dual_averaging : DualAveragingAdaptationState
         blackjax's step-size adaptation state.
     count, mean, m2 : arrays
-        Welford's running count, mean and sum of squared deviations of the
-        positions in the current slow window.
+        Welford's running count, mean and sum of squared deviations (or of
+        outer products, for a dense mass matrix) of the positions in the
+        current slow window.
     step_size : scalar array
         The step size to use for the next transition.
-    inverse_mass_matrix : array (n,)
-        The diagonal inverse mass matrix to use for the next transition.
+    inverse_mass_matrix : array (n,) or (n, n)
+        The inverse mass matrix (diagonal, or dense) for the next transition.
     """
 
     dual_averaging: DualAveragingAdaptationState
     count: Float[Array, ""]
     mean: Float[Array, " n"]
-    m2: Float[Array, " n"]
+    m2: Float[Array, "n ..."]
     step_size: Float[Array, ""]
-    inverse_mass_matrix: Float[Array, " n"]
+    inverse_mass_matrix: Float[Array, "n ..."]
 
 
 def _dual_averaging(target_acceptance_rate: float):
     return dual_averaging_adaptation(target_acceptance_rate)
 
 
-def init(position: Float[Array, " n"], initial_step_size: float, target_acceptance_rate: float) -> AdaptationState:
-    """The warm-up state before the first transition."""
+def init(
+    position: Float[Array, " n"], initial_step_size: float, target_acceptance_rate: float, dense: bool = False
+) -> AdaptationState:
+    """The warm-up state before the first transition (a dense mass matrix if ``dense``)."""
     da_init, _, _ = _dual_averaging(target_acceptance_rate)
-    zeros = jnp.zeros_like(position)
+    n = position.shape[0]
+    m2 = jnp.zeros((n, n) if dense else (n,), position.dtype)
+    imm = jnp.eye(n, dtype=position.dtype) if dense else jnp.ones_like(position)
     step_size = jnp.asarray(initial_step_size, position.dtype)
-    return AdaptationState(da_init(step_size), jnp.zeros((), position.dtype), zeros, zeros, step_size,
-                           jnp.ones_like(position))
+    return AdaptationState(da_init(step_size), jnp.zeros((), position.dtype), jnp.zeros_like(position), m2,
+                           step_size, imm)
 
 
 def update(
@@ -126,14 +131,21 @@ def update(
     step_size = jnp.exp(da.log_step_size)
 
     # Welford's update, in slow windows only.
+    dense = state.m2.ndim == 2
     count = state.count + slow
     delta = position - state.mean
     mean = jnp.where(slow, state.mean + delta / jnp.maximum(count, 1), state.mean)
-    m2 = jnp.where(slow, state.m2 + delta * (position - mean), state.m2)
+    spread = jnp.outer(delta, position - mean) if dense else delta * (position - mean)
+    m2 = jnp.where(slow, state.m2 + spread, state.m2)
 
-    # End of a slow window: Stan's regularised variance, and fresh estimates.
-    variance = m2 / jnp.maximum(count - 1, 1)
-    regularised = (count / (count + 5)) * variance + 1e-3 * (5 / (count + 5))
+    # End of a slow window: the regularised (co)variance, and fresh estimates.
+    # Stan shrinks towards 1e-3 (times the identity); here towards 1e-3 of the
+    # variances themselves, so that parameters far from unit scale keep their
+    # scale (a floor of 1e-12 keeps a parameter that never moved movable).
+    covariance = m2 / jnp.maximum(count - 1, 1)
+    variances = jnp.diagonal(covariance) if dense else covariance
+    ridge = 1e-3 * jnp.maximum(variances, 1e-12)
+    regularised = (count / (count + 5)) * covariance + (5 / (count + 5)) * (jnp.diag(ridge) if dense else ridge)
     imm = jnp.where(window_end, regularised, state.inverse_mass_matrix)
     restarted = da_init(da_final(da))
     da = _where(window_end, restarted, da)

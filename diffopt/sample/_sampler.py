@@ -136,13 +136,14 @@ class SamplerAlgorithm(eqx.Module):
     num_integration_steps: int = eqx.field(static=True)
     max_num_doublings: int = eqx.field(static=True)
     target_acceptance_rate: float = eqx.field(static=True)
+    dense_mass_matrix: bool = eqx.field(static=True)
 
     def init(self, z0: Float[Array, " n"]) -> SamplerState:
         """Every chain at ``z0``, with a step size of 1 and a unit mass matrix."""
         z = jnp.broadcast_to(z0, (self.nchains, *z0.shape))
         chains = jax.vmap(lambda p: blackjax.mcmc.hmc.init(p, self.logdensity))(z)
         adaptation = jax.vmap(
-            lambda p: _adaptation.init(p, 1.0, self.target_acceptance_rate))(z)
+            lambda p: _adaptation.init(p, 1.0, self.target_acceptance_rate, self.dense_mass_matrix))(z)
         return SamplerState(chains, adaptation)
 
     def _transition(self, key, chain, adaptation):
@@ -201,6 +202,7 @@ def _sample(
     checkpoint_every: int,
     comm: Any,
     target_acceptance_rate: float,
+    dense_mass_matrix: bool,
     num_integration_steps: int = 0,
     max_num_doublings: int = 10,
 ) -> SampleResult:
@@ -235,7 +237,7 @@ def _sample(
 
     algorithm = SamplerAlgorithm(
         logdensity, _adaptation.schedule(nwarmup), nchains, kernel, num_integration_steps,
-        max_num_doublings, target_acceptance_rate,
+        max_num_doublings, target_acceptance_rate, bool(dense_mass_matrix),
     )
     z0 = flat_guess if reparam is None else reparam.from_params(flat_guess)
     state = compiled_init(algorithm, z0)
@@ -251,6 +253,7 @@ def _sample(
             + (f"(max_num_doublings={max_num_doublings})" if kernel == "nuts"
                else f"(num_integration_steps={num_integration_steps})")
             + f"; {nwarmup} warm-up steps; target acceptance {target_acceptance_rate}; "
+            + ("dense" if dense_mass_matrix else "diagonal") + " mass matrix; "
             + ("no bounds" if bounds is None else f"bounds {np.asarray(bounds).T.tolist()}")
         )
         saving = Checkpoint(checkpoint, checkpoint_every, "diffopt sampler", problem,
@@ -339,7 +342,11 @@ _COMMON_DOC = """
         The ranks taking part (for the progress bar, checkpoints and the
         check that guess and key agree across ranks).
     target_acceptance_rate : float (default=0.8)
-        What the step-size adaptation aims at."""
+        What the step-size adaptation aims at.
+    dense_mass_matrix : bool (default=False)
+        Adapt a dense inverse mass matrix (the draws' covariance) instead of
+        a diagonal one: far fewer leapfrog steps when parameters are
+        strongly correlated, at ``O(n^2)`` memory and work per step."""
 
 _RETURNS_DOC = """
     Returns
@@ -372,12 +379,13 @@ def nuts(
     checkpoint_every: int = 100,
     comm: Any = None,
     target_acceptance_rate: float = 0.8,
+    dense_mass_matrix: bool = False,
     max_num_doublings: int = 10,
 ) -> SampleResult:
     return _sample(
         "nuts", logdensity_fn, guess, nsamples, nwarmup=nwarmup, nchains=nchains, param_bounds=param_bounds,
         randkey=randkey, progress=progress, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-        comm=comm, target_acceptance_rate=target_acceptance_rate,
+        comm=comm, target_acceptance_rate=target_acceptance_rate, dense_mass_matrix=dense_mass_matrix,
         max_num_doublings=check_count("max_num_doublings", max_num_doublings, minimum=1),
     )
 
@@ -397,11 +405,12 @@ def hmc(
     checkpoint_every: int = 100,
     comm: Any = None,
     target_acceptance_rate: float = 0.8,
+    dense_mass_matrix: bool = False,
 ) -> SampleResult:
     return _sample(
         "hmc", logdensity_fn, guess, nsamples, nwarmup=nwarmup, nchains=nchains, param_bounds=param_bounds,
         randkey=randkey, progress=progress, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-        comm=comm, target_acceptance_rate=target_acceptance_rate,
+        comm=comm, target_acceptance_rate=target_acceptance_rate, dense_mass_matrix=dense_mass_matrix,
         num_integration_steps=check_count("num_integration_steps", num_integration_steps, minimum=1),
     )
 
