@@ -83,6 +83,21 @@ def check_fisher(run, workdir):
     assert float(three["finite differences"]) < 1e-7
 
 
+def check_sampling(run, workdir):
+    smf = np.load(workdir / "smf_posterior.npz")
+    draws = smf["samples"].reshape(-1, 2)
+    # "The chains agree with each other (split-R-hat within 1% of 1) and with the Fisher Gaussian."
+    assert np.all(np.abs(smf["rhat"] - 1) < 0.01), smf["rhat"]
+    fisher_std = np.sqrt(np.diag(np.linalg.inv(smf["fisher"])))
+    np.testing.assert_allclose(draws.std(axis=0), fisher_std, rtol=0.1)
+    mcse = fisher_std / np.sqrt(smf["ess"])
+    np.testing.assert_array_less(np.abs(draws.mean(axis=0) - smf["best"]), 5 * mcse)
+    assert "identical chains on every rank" in run.outputs[0]
+    kd = np.load(workdir / "kdescent_posterior.npz")
+    assert kd["samples"].shape == (30, 20) and np.all(np.isfinite(kd["logdensity"]))
+    assert "2 ranks: identical chains" in run.outputs[1]
+
+
 # What each page claims, checked on the output of its code and the globals it
 # keeps (the pages' code and scripts also assert their own claims).
 CHECKS = {
@@ -90,6 +105,7 @@ CHECKS = {
     "kdescent-quickstart.md": (("truth_params", "adam_params", "adam_losses"), check_kdescent_quickstart),
     "many-ranks.md": ((), check_many_ranks),
     "fisher.md": ((), check_fisher),
+    "sampling.md": ((), check_sampling),
 }
 
 

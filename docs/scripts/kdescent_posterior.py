@@ -62,7 +62,7 @@ def loglike(params):
 
 
 truth, bounds = tutorial["truth"], tutorial["bounds"]
-posterior = sample.nuts(loglike, truth, nsamples=50, nwarmup=50, param_bounds=bounds,
+posterior = sample.nuts(loglike, truth, nsamples=30, nwarmup=30, param_bounds=bounds,
                         max_num_doublings=4, randkey=0, progress=False)
 draws = np.asarray(posterior.samples)
 assert len(set(comm.allgather(draws.tobytes()))) == 1, "the chains differ between ranks"

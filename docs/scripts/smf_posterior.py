@@ -53,7 +53,7 @@ fisher = jax.hessian(model.calc_loss_from_params)(best)
 
 # The posterior itself: NUTS, two chains, the loss's exact gradient summed over the ranks.
 # The two parameters are strongly correlated: a dense mass matrix takes that out.
-posterior = model.run_nuts(best, nsamples=1000, nwarmup=300, nchains=2, randkey=0, dense_mass_matrix=True,
+posterior = model.run_nuts(best, nsamples=800, nwarmup=200, nchains=2, randkey=0, dense_mass_matrix=True,
                            progress=False)
 
 # Every rank holds the very same chains.
