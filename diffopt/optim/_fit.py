@@ -119,6 +119,9 @@ class FitAlgorithm(eqx.Module):
 
     def _value_and_grad_z(self, z, randkey):
         p_flat, pullback = jax.vjp(self._to_flat_params, z)
+        # A barrier: XLA would otherwise fuse the change of variables into every
+        # use of the parameters in the loss, and compile the fit much longer.
+        p_flat = jax.lax.optimization_barrier(p_flat)
         out, grad = self.loss_and_grad(unflatten(p_flat, self.spec), randkey)
         (g_z,) = pullback(flatten_like(grad, z.dtype))
         return out, g_z, p_flat
