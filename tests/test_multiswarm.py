@@ -255,7 +255,7 @@ def test_checkpoint_errors(tmp_path):
 @pytest.mark.parametrize("nranks", [2, 3])
 def test_ackley_on_several_ranks_matches_one_rank(tmp_path, x64, mpirun, nranks):
     out = tmp_path / "history.npz"
-    mpirun(MPI_SCRIPTS / "swarm_ackley.py", nranks, str(out), timeout=120)
+    mpirun(MPI_SCRIPTS / "swarm_ackley.py", nranks, str(nranks), str(out), timeout=120)
     single = run_ackley()
     with np.load(out, allow_pickle=False) as multi:
         for name in HISTORY_NAMES:
@@ -267,7 +267,7 @@ def test_ackley_on_several_ranks_matches_one_rank(tmp_path, x64, mpirun, nranks)
 @pytest.mark.parametrize("nranks, ranks_per_particle", [(3, 3), (4, 2)])
 def test_ranks_per_particle_with_a_parallel_loss(tmp_path, x64, mpirun, nranks, ranks_per_particle):
     out = tmp_path / "history.npz"
-    mpirun(MPI_SCRIPTS / "swarm_subcomm.py", nranks, str(out), str(ranks_per_particle), timeout=120)
+    mpirun(MPI_SCRIPTS / "swarm_subcomm.py", nranks, str(nranks), str(out), str(ranks_per_particle), timeout=120)
     single = multiswarm.ParticleSwarm(nparticles=20, ndim=4, xlow=-5, xhigh=5, seed=1).run_pso(
         numpy_ackley, nsteps=15, progress=False
     )

@@ -29,7 +29,7 @@ from diffopt import kdescent, multigrad, multiswarm
     "operation", ["sumstats", "loss_and_grad", "run_adam", "run_bfgs", "pso", "pretrainer"]
 )
 def test_failing_rank_ends_the_job(operation):
-    proc = run_mpi(TESTS / "mpi" / "rank_raises.py", 3, operation, check=False, timeout=120)
+    proc = run_mpi(TESTS / "mpi" / "rank_raises.py", 3, "3", operation, check=False, timeout=120)
     ended = time.time()
     raised_at = float(re.search(r"RAISED_AT (\S+)", proc.stdout).group(1))
     assert proc.returncode != 0
@@ -50,7 +50,7 @@ def test_failing_rank_ends_the_job(operation):
 @pytest.mark.mpi
 @pytest.mark.parametrize("nranks", [2, 3])
 def test_mismatch_across_ranks_raises_on_every_rank(nranks):
-    proc = run_mpi(TESTS / "mpi" / "mismatch.py", nranks, timeout=300)
+    proc = run_mpi(TESTS / "mpi" / "mismatch.py", nranks, str(nranks), timeout=300)
     assert f"mismatch: OK on {nranks} ranks" in proc.stdout
     assert proc.stdout.count("every rank raised") == 9
 
@@ -61,7 +61,7 @@ def test_mismatch_across_ranks_raises_on_every_rank(nranks):
 @pytest.mark.mpi
 def test_non_finite_gradient_stops_every_rank_at_the_same_step(tmp_path):
     for n in (1, 3):
-        run_mpi(TESTS / "mpi" / "nan_stop.py", n, str(tmp_path / f"nan{n}.npz"))
+        run_mpi(TESTS / "mpi" / "nan_stop.py", n, str(n), str(tmp_path / f"nan{n}.npz"))
     one, three = np.load(tmp_path / "nan1.npz"), np.load(tmp_path / "nan3.npz")
     assert sorted(one.files) == ["adam", "adamw", "bfgs", "grad_descent"]
     for name in one.files:
@@ -95,13 +95,13 @@ def _steps_saved(checkpoint):
 @pytest.mark.parametrize("kind, nranks, nsteps", [("adam", 1, 400), ("adam", 2, 400), ("pso", 2, 300)])
 def test_job_killed_with_sigkill_resumes_to_identical_params(tmp_path, kind, nranks, nsteps):
     script = TESTS / "mpi" / "long_fit.py"
-    run_mpi(script, nranks, kind, str(tmp_path / "reference.npy"))
+    run_mpi(script, nranks, str(nranks), kind, str(tmp_path / "reference.npy"))
     reference = np.load(tmp_path / "reference.npy")
     assert len(reference) == (nsteps + 1 if kind == "adam" else nsteps)
 
     # The whole job, every rank and mpiexec, is killed at once, as when a node is lost.
     checkpoint = tmp_path / "fit.npz"
-    command = [mpiexec_path(), "-n", str(nranks), "--oversubscribe", sys.executable, str(script), kind,
+    command = [mpiexec_path(), "-n", str(nranks), "--oversubscribe", sys.executable, str(script), str(nranks), kind,
                str(tmp_path / "killed.npy"), str(checkpoint)]
     proc = subprocess.Popen(command, env=mpi_env(), start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -114,7 +114,7 @@ def test_job_killed_with_sigkill_resumes_to_identical_params(tmp_path, kind, nra
     resumed_from = _steps_saved(checkpoint)
     assert nsteps // 4 <= resumed_from < nsteps and resumed_from % 20 == 0
 
-    run_mpi(script, nranks, kind, str(tmp_path / "resumed.npy"), str(checkpoint))
+    run_mpi(script, nranks, str(nranks), kind, str(tmp_path / "resumed.npy"), str(checkpoint))
     np.testing.assert_array_equal(np.load(tmp_path / "resumed.npy"), reference)
     assert not list(tmp_path.glob("*tmp*")), "a temporary checkpoint file was left behind"
 

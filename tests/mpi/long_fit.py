@@ -1,6 +1,6 @@
 """Under mpiexec: a slow, stochastic fit that a test kills with SIGKILL and resumes.
 
-Usage: long_fit.py KIND OUT.npy [CHECKPOINT]
+Usage: long_fit.py NRANKS KIND OUT.npy [CHECKPOINT]
 
 KIND is ``adam`` (``OnePointModel.run_adam`` with bounds and a random key,
 the data split across the ranks) or ``pso`` (``ParticleSwarm.run_pso`` with
@@ -21,9 +21,10 @@ from mpi4py import MPI
 
 from diffopt import multigrad, multiswarm
 
-kind, out = sys.argv[1], sys.argv[2]
-checkpoint = sys.argv[3] if len(sys.argv) > 3 else None
 comm = MPI.COMM_WORLD
+assert comm.size == int(sys.argv[1]), f"expected {sys.argv[1]} ranks, running on {comm.size}"
+kind, out = sys.argv[2], sys.argv[3]
+checkpoint = sys.argv[4] if len(sys.argv) > 4 else None
 
 
 class Model(multigrad.OnePointModel):

@@ -20,6 +20,7 @@ from mpi4py import MPI
 from diffopt import multigrad
 
 comm = MPI.COMM_WORLD
+assert comm.size == int(sys.argv[1]), f"expected {sys.argv[1]} ranks, running on {comm.size}"
 
 
 class Model(multigrad.OnePointModel):
@@ -60,7 +61,7 @@ def check_close(name, got, want):
     agree(ok, name)
 
 
-@settings(max_examples=int(sys.argv[1]) if len(sys.argv) > 1 else 5, deadline=None,
+@settings(max_examples=int(sys.argv[2]) if len(sys.argv) > 2 else 5, deadline=None,
           derandomize=True, database=None, suppress_health_check=list(HealthCheck))
 @given(
     x=st.lists(st.floats(-3, 3, allow_nan=False), min_size=0, max_size=12),

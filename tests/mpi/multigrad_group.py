@@ -1,4 +1,9 @@
-"""Under mpiexec (3 or 4 ranks): two models on two sub-communicators, summed."""
+"""Under mpiexec (3 or 4 ranks): two models on two sub-communicators, summed.
+
+Usage: multigrad_group.py NRANKS
+"""
+
+import sys
 
 import jax
 
@@ -11,6 +16,7 @@ from mpi4py import MPI
 from diffopt import multigrad
 
 comm = MPI.COMM_WORLD
+assert comm.size == int(sys.argv[1]), f"expected {sys.argv[1]} ranks, running on {comm.size}"
 
 
 class Model(multigrad.OnePointModel):

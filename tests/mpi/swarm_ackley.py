@@ -1,6 +1,6 @@
 """Ackley 4-D PSO on several ranks: converges, and histories agree on every rank.
 
-Usage: mpiexec -n N python swarm_ackley.py OUT.npz
+Usage: mpiexec -n N python swarm_ackley.py N OUT.npz
 Rank 0 saves the histories to OUT.npz so the launching test can compare them
 with a single-process run of the same seed.
 """
@@ -25,8 +25,9 @@ def ackley(x):
     return 20 + jnp.e - a - b
 
 
-def main(out_path):
+def main(expected_ranks, out_path):
     rank, nranks = _comm.rank(), _comm.size()
+    assert nranks == expected_ranks, f"expected {expected_ranks} ranks, running on {nranks}"
     assert nranks > 1, "run this under mpiexec with several ranks"
     swarm = multiswarm.ParticleSwarm(nparticles=100, ndim=4, xlow=-5, xhigh=5, seed=0)
     assert swarm.subcomm.size == 1
@@ -79,4 +80,4 @@ def check_checkpoint_resume(path, uninterrupted):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(int(sys.argv[1]), sys.argv[2])
