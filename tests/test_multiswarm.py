@@ -202,9 +202,17 @@ def test_checkpoint_resumes_an_interrupted_run(tmp_path):
     with np.load(path, allow_pickle=False) as saved:
         assert int(saved["nsteps_done"]) == 6
 
+    evaluated = []
+
+    def counted_loss(x):
+        loss = numpy_ackley(x)  # raises when JAX tries to trace it: only real calls count
+        evaluated.append(1)
+        return loss
+
     resumed = multiswarm.ParticleSwarm(20, 3, -5, 5, seed=5).run_pso(
-        numpy_ackley, nsteps=12, progress=False, checkpoint=path, checkpoint_every=3
+        counted_loss, nsteps=12, progress=False, checkpoint=path, checkpoint_every=3
     )
+    assert len(evaluated) == (12 - 6) * 20  # it went on from step 6
     for name in HISTORY_NAMES:
         np.testing.assert_array_equal(resumed[name], uninterrupted[name])
     # A finished run resumes to the same answer without evaluating anything.

@@ -48,6 +48,10 @@ cases = {
         lambda: model(extra=True).run_adam(guess, nsteps=3, progress=False),
         r"sumstats differ in shape or dtype across MPI ranks \(rank 0: float32\(2,\); rank 1: float32\(3,\)",
     ),
+    "sumstats shape, run_simple_grad_descent": (
+        lambda: model(extra=True).run_simple_grad_descent(guess, nsteps=3, progress=False),
+        r"sumstats differ in shape or dtype across MPI ranks \(rank 0: float32\(2,\); rank 1: float32\(3,\)",
+    ),
     "sumstats dtype, run_bfgs": (
         lambda: model(half=True).run_bfgs(guess, maxsteps=3, progress=False),
         "rank 1: float16",

@@ -64,9 +64,24 @@ def main(expected_ranks, out_path):
 
 def check_checkpoint_resume(path, uninterrupted):
     """Rank 0 writes the checkpoint and shares it when resuming; all ranks agree."""
+    evaluated = []  # one entry per particle this rank evaluates
+
+    def counted_ackley(x):
+        # Under jax.vmap the callback runs once per particle (once per batch
+        # if it took no batched argument).
+        jax.debug.callback(lambda position: evaluated.append(1), x)
+        return ackley(x)
+
+    def evaluations():
+        return sum(_comm.allgather(len(evaluated)))
+
     swarm = multiswarm.ParticleSwarm(nparticles=100, ndim=4, xlow=-5, xhigh=5, seed=0)
-    swarm.run_pso(ackley, nsteps=5, progress=False, checkpoint=path, checkpoint_every=2)
-    resumed = swarm.run_pso(ackley, nsteps=8, progress=False, checkpoint=path)
+    swarm.run_pso(counted_ackley, nsteps=5, progress=False, checkpoint=path, checkpoint_every=2)
+    assert evaluations() == 5 * 100, evaluations()
+    evaluated.clear()
+    resumed = swarm.run_pso(counted_ackley, nsteps=8, progress=False, checkpoint=path)
+    # It went on from step 5: only the 3 steps left were evaluated.
+    assert evaluations() == 3 * 100, evaluations()
     for name in ("swarm_x_history", "swarm_v_history", "swarm_loss_history"):
         assert np.array_equal(resumed[name], uninterrupted[name][:8]), name
 
