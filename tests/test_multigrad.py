@@ -16,7 +16,7 @@ from diffopt import multigrad
 @pytest.mark.mpi
 @pytest.mark.parametrize("nranks", [1, 2, 3])
 def test_exact_across_ranks(nranks):
-    proc = run_mpi(TESTS / "mpi" / "multigrad_exact.py", nranks, str(nranks), "4" if nranks > 1 else "6")
+    proc = run_mpi(TESTS / "mpi" / "multigrad_exact.py", nranks, str(nranks), "10" if nranks > 1 else "12")
     assert f"OK on {nranks} ranks" in proc.stdout
 
 
