@@ -14,7 +14,7 @@ targets moved) is an error, never "caught". The script exits non-zero if any
 mutant survives, any snippet is missing or any test run errs.
 
     .venv/bin/python scripts/mutants.py             # every mutant (about 12 minutes on 2 cores)
-    .venv/bin/python scripts/mutants.py --check     # only check that every snippet is found
+    .venv/bin/python scripts/mutants.py --check     # only check that every snippet and test is found
     .venv/bin/python scripts/mutants.py --list      # the mutants and their tests
     .venv/bin/python scripts/mutants.py NAME ...    # the mutants whose names contain NAME
 
@@ -212,7 +212,16 @@ def snippet_problem(mutant: Mutant, root: Path = REPO) -> str | None:
     return None
 
 
-def test_env(copy: Path) -> dict:
+def missing_tests(mutants: list[Mutant]) -> str | None:
+    """pytest's complaint if any test a mutant names cannot be collected (None if all can)."""
+    ids = sorted({t for m in mutants for t in m.tests})
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                           "-o", "addopts=", *ids], cwd=REPO, env=env_for(REPO), capture_output=True,
+                          text=True, timeout=600)
+    return None if proc.returncode == 0 else (proc.stdout + proc.stderr)[-3000:]
+
+
+def env_for(copy: Path) -> dict:
     env = dict(os.environ, PYTHONPATH=str(copy), PYTHONDONTWRITEBYTECODE="1")
     env.pop("PYTEST_ADDOPTS", None)
     return env
@@ -220,7 +229,7 @@ def test_env(copy: Path) -> dict:
 
 def imports_from(copy: Path) -> str:
     out = subprocess.run([sys.executable, "-c", "import diffopt; print(diffopt.__file__)"], cwd=copy,
-                         env=test_env(copy), capture_output=True, text=True, timeout=300)
+                         env=env_for(copy), capture_output=True, text=True, timeout=300)
     return out.stdout.strip() or out.stderr.strip()[-500:]
 
 
@@ -228,7 +237,7 @@ def run_tests(copy: Path, tests: tuple[str, ...]) -> tuple[int, int, int, str]:
     """Run ``tests`` in ``copy``: (pytest's exit status, failed, passed, the output's tail)."""
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", *tests],
-        cwd=copy, env=test_env(copy), capture_output=True, text=True, timeout=3600,
+        cwd=copy, env=env_for(copy), capture_output=True, text=True, timeout=3600,
     )
     summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
     failed = sum(int(n) for n in re.findall(r"(\d+) (?:failed|error)", summary))
@@ -281,8 +290,12 @@ def main() -> int:
     for name, why in stale.items():
         print(f"STALE MUTANT {name!r}: {why}", file=sys.stderr)
     if args.check:
-        print(f"{len(mutants) - len(stale)} of {len(mutants)} mutants apply")
-        return 1 if stale else 0
+        missing = missing_tests(mutants)
+        if missing:
+            print(f"tests that cannot be collected:\n{missing}", file=sys.stderr)
+        print(f"{len(mutants) - len(stale)} of {len(mutants)} mutants apply"
+              + ("; every test they name exists" if not missing else ""))
+        return 1 if stale or missing else 0
 
     files = working_tree_files()
     rows, ok = [], not stale
