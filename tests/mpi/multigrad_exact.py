@@ -106,14 +106,16 @@ def test_exact(x, cuts, a, b):
     check_close("loss and grad", split.calc_loss_and_grad_from_params(params),
                 whole.calc_loss_and_grad_from_params(params))
     check_close("dloss", split.calc_dloss_dparams(params), whole.calc_dloss_dparams(params))
-    check_close("hessian", jax.hessian(split.calc_loss_from_params)(params),
-                jax.hessian(whole.calc_loss_from_params)(params))
-    check_close("jacfwd", jax.jacfwd(split.calc_loss_from_params)(params),
-                jax.jacfwd(whole.calc_loss_from_params)(params))
     check_close("user jit with model argument", user_step(split, params), user_step(whole, params))
-    check_close("jit(hessian) with model argument", user_hessian(split, params),
-                jax.hessian(whole.calc_loss_from_params)(params))
-    if len(examples) == 1:  # jit of a bound method compiles anew for every model: once is enough
+    check_close("jit(hessian) with model argument", user_hessian(split, params), user_hessian(whole, params))
+    # Un-jitted forward mode and jit of a bound method (which compiles anew for
+    # every model) are slow on oversubscribed ranks: the explicit examples,
+    # which run first, check them.
+    if len(examples) <= 3:
+        check_close("hessian", jax.hessian(split.calc_loss_from_params)(params),
+                    jax.hessian(whole.calc_loss_from_params)(params))
+        check_close("jacfwd", jax.jacfwd(split.calc_loss_from_params)(params),
+                    jax.jacfwd(whole.calc_loss_from_params)(params))
         check_close("jit(hessian)", jax.jit(jax.hessian(split.calc_loss_from_params))(params),
                     jax.hessian(whole.calc_loss_from_params)(params))
         check_close("jit(method)", jax.jit(split.calc_loss_and_grad_from_params)(params),
