@@ -13,7 +13,7 @@ many did. A snippet that is not found (a stale mutant, after the code it
 targets moved) is an error, never "caught". The script exits non-zero if any
 mutant survives, any snippet is missing or any test run errs.
 
-    .venv/bin/python scripts/mutants.py             # every mutant (about 12 minutes on 2 cores)
+    .venv/bin/python scripts/mutants.py             # every mutant (5 to 8 minutes on 2 cores)
     .venv/bin/python scripts/mutants.py --check     # only check that every snippet and test is found
     .venv/bin/python scripts/mutants.py --list      # the mutants and their tests
     .venv/bin/python scripts/mutants.py NAME ...    # the mutants whose names contain NAME
