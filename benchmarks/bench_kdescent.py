@@ -6,10 +6,11 @@ shift and scale the points (``x = mu + s * z``) of a scalar built from
 numbers of kernels: 30 of each per call). The naive reference evaluates the
 same kernels with a vmapped ``jax.scipy.stats.multivariate_normal.pdf`` over
 the kernel centres and the same ECF with a dense ``N x K`` complex
-exponential. Everything is measured in this one run, interleaved, best of
-``--repeats``:
+exponential. Each figure is measured within one run (timings interleaved,
+best of ``--repeats``), ``--runs`` times; the median and the spread (min,
+max) of the runs are printed:
 
-    python benchmarks/bench_kdescent.py [--repeats 5] [--npoints 2000000] [--memory-npoints 10000000]
+    python benchmarks/bench_kdescent.py [--runs 5] [--repeats 5] [--npoints 2000000] [--memory-npoints 10000000]
 
 1. points per second, fused vs naive, at ``--npoints`` (target: >= 5x);
 2. peak resident memory (VmHWM) of a process that makes the points and runs
@@ -33,6 +34,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffopt import kdescent
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _runs import summary  # noqa: E402
 
 NDIM = 3
 
@@ -92,7 +96,8 @@ def best_times(fns: dict, args, repeats: int) -> dict:
     return {name: min(t) for name, t in times.items()}
 
 
-def speed(npoints: int, repeats: int) -> None:
+def speed(npoints: int, repeats: int) -> float:
+    """One run: the speed-up of the fused sums over the naive ones."""
     kcalc = make_kcalc()
     z = points(npoints)
     params = jnp.array([0.5, -1.0, 2.0, 1.0, 0.9, 1.2])
@@ -103,11 +108,11 @@ def speed(npoints: int, repeats: int) -> None:
     np.testing.assert_allclose(float(vf), float(vn), rtol=1e-3)
     np.testing.assert_allclose(np.asarray(gf), np.asarray(gn), rtol=2e-3, atol=1e-3 * float(jnp.abs(gn).max()))
     t = best_times({"fused": fused, "naive": naive}, args, repeats)
-    print(f"value_and_grad, N = {npoints:,} points in {NDIM}-D, "
-          f"{kcalc.num_eval_kernels} kernels + {kcalc.num_eval_fourier_positions} Fourier positions:")
-    for name in ("fused", "naive"):
-        print(f"  {name:6s} {t[name]:8.3f} s   {npoints / t[name] / 1e6:8.2f} M points/s")
-    print(f"  speed-up fused / naive: {t['naive'] / t['fused']:.1f}x (target >= 5x)")
+    print(f"  value_and_grad, N = {npoints:,} points in {NDIM}-D, {kcalc.num_eval_kernels} kernels + "
+          f"{kcalc.num_eval_fourier_positions} Fourier positions: "
+          + ", ".join(f"{name} {t[name]:.3f} s ({npoints / t[name] / 1e6:.2f} M points/s)"
+                      for name in ("fused", "naive")))
+    return t["naive"] / t["fused"]
 
 
 def _peak_rss_mb() -> float:
@@ -134,21 +139,20 @@ def _memory_child(npoints: int) -> None:
     print(json.dumps({"peak_mb": _peak_rss_mb(), "seconds": elapsed}))
 
 
-def memory(npoints: int) -> None:
+def memory(npoints: int) -> float:
+    """One run, in a fresh process: its peak resident memory in MB."""
     out = subprocess.run([sys.executable, __file__, "--memory-child", str(npoints)], capture_output=True,
                          text=True, check=True, env=dict(os.environ))
     res = json.loads(out.stdout.strip().splitlines()[-1])
     inputs = npoints * NDIM * 4 / 2**20
-    print(f"value_and_grad, N = {npoints:,} points (fresh process; the points alone are {inputs:.0f} MB):")
-    print(f"  peak resident memory {res['peak_mb']:.0f} MB (target < 1536 MB), "
-          f"{res['seconds']:.2f} s per call; a dense N x K float32 array would be "
-          f"{npoints * 30 * 4 / 2**20:.0f} MB")
+    print(f"  value_and_grad, N = {npoints:,} points (fresh process; the points alone are {inputs:.0f} MB): "
+          f"peak resident memory {res['peak_mb']:.0f} MB, {res['seconds']:.2f} s per call; a dense N x K "
+          f"float32 array would be {npoints * 30 * 4 / 2**20:.0f} MB")
+    return res["peak_mb"]
 
 
-def adam_speed(nsteps: int = 100) -> None:
-    if not hasattr(kdescent, "adam"):
-        print("kdescent.adam: not available yet, skipped")
-        return
+def adam_speed(nsteps: int = 100) -> float:
+    """One run: kdescent.adam steps/s over bare jitted value_and_grad calls/s."""
     import functools
 
     data_nsample, model_nsample = 10_000, 5_000
@@ -196,15 +200,15 @@ def adam_speed(nsteps: int = 100) -> None:
         fit()
         t_fit.append(time.perf_counter() - t0)
     sb, sf = nsteps / min(t_bare), nsteps / min(t_fit)
-    print(f"kdescent.adam on the tutorial's 5-parameter fit ({nsteps} steps):")
-    print(f"  bare jitted value_and_grad {sb:8.1f} calls/s")
-    print(f"  kdescent.adam              {sf:8.1f} steps/s")
-    print(f"  ratio adam / bare: {sf / sb:.2f} (target >= 0.7)")
+    print(f"  kdescent.adam on the tutorial's 5-parameter fit ({nsteps} steps): bare jitted value_and_grad "
+          f"{sb:.1f} calls/s, kdescent.adam {sf:.1f} steps/s")
+    return sf / sb
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=5, help="runs of each figure")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats within a run (best is kept)")
     parser.add_argument("--npoints", type=int, default=2_000_000)
     parser.add_argument("--memory-npoints", type=int, default=10_000_000)
     parser.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
@@ -212,12 +216,14 @@ def main() -> None:
     if args.memory_child is not None:
         _memory_child(args.memory_child)
         return
-    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}, {os.cpu_count()} CPU(s)\n")
-    speed(args.npoints, args.repeats)
-    print()
-    memory(args.memory_npoints)
-    print()
-    adam_speed()
+    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}, {os.cpu_count()} CPU(s)")
+    speedups = [speed(args.npoints, args.repeats) for _ in range(args.runs)]
+    print(f"FIGURE speed-up fused / naive, N = {args.npoints:,}: {summary(speedups, '{:.1f}')}   (target >= 5)")
+    peaks = [memory(args.memory_npoints) for _ in range(args.runs)]
+    print(f"FIGURE peak resident memory (MB), N = {args.memory_npoints:,}: {summary(peaks, '{:.0f}')}   "
+          "(target < 1536)")
+    ratios = [adam_speed() for _ in range(args.runs)]
+    print(f"FIGURE kdescent.adam steps/s / bare calls/s: {summary(ratios)}   (target >= 0.7)")
 
 
 if __name__ == "__main__":

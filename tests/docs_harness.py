@@ -10,8 +10,10 @@ one page, from a scratch working directory:
    types it there. ``mpiexec`` starts a real MPI job (``run_mpi`` of
    tests/conftest.py), with the launcher that ``$DIFFOPT_MPIEXEC`` names
    (``srun``, a site's ``mpiexec``), else the environment's ``mpiexec``.
-   A line ending in ``# fails on purpose`` must exit non-zero.
-   Other blocks (``text``, ``console``) are shown, not run.
+   A line ending in ``# fails on purpose`` must exit non-zero, and its block
+   must be followed by the output it shows (3.), so that it fails for the
+   reason the page gives, not any reason. Other blocks (``text``,
+   ``console``) are shown, not run.
 2. Its ``python`` blocks, in page order, as one program in a fresh process:
    one namespace, as in a notebook. A snippet (``--8<-- "FILE:SECTION"``)
    runs the included code, which is what the page shows. A block that is one
@@ -19,6 +21,14 @@ one page, from a scratch working directory:
    runs, and is not run again. ``plt.show()`` saves the
    current figure as ``<page>-<n>.png``, and so does the end of a block for
    each figure still open (as a notebook shows it under its cell).
+3. A ``text`` block titled "Output" (```` ```text title="Output" ````) shows
+   what the code block just above it prints: the last command of a
+   ``bash`` block (its standard output and error), or a ``python`` block (its
+   standard output). Its lines must appear, in order and one after the
+   other, in what that code printed, with paths shown relative to the root
+   of the docs tree and Open MPI's own notices (boxed in dashes) left
+   out. A line ``...`` stands for any number of lines, and ``...`` within a
+   line for any text (as doctest's ELLIPSIS).
 
 Every PNG left in the working directory is then copied into the images
 folder. The Markdown shows them as ``![...](images/NAME.png)``.
@@ -47,6 +57,11 @@ FENCE = re.compile(r"^```(\w*)([^\n]*)\n(.*?)^```", re.M | re.S)
 SNIPPET = re.compile(r'^--8<-- "([^":]+)(?::(\w+))?"$', re.M)
 WHOLE_FILE = re.compile(r'--8<-- "[^":]+"')
 SHOWN_IMAGE = re.compile(r"!\[[^\]]*\]\(images/([^)]+)\)")
+SHOWN_OUTPUT = re.compile(r'\btitle="Output"')
+FAILS_ON_PURPOSE = "# fails on purpose"
+# Printed at the end of each Python block, to tell the blocks' outputs apart.
+BLOCK_SEPARATOR = "<<<end of a docs block>>>"
+OPEN_MPI_NOTICE = re.compile(r"^ ?-{70,}\n.*?^-{70,}\n", re.M | re.S)
 # One process alone may use every core; MPI ranks get one XLA thread each.
 SINGLE_PROCESS_ENV = mpi_env(threads_per_rank=0, MPLBACKEND="Agg")
 
@@ -64,11 +79,17 @@ def _save_figures(*args, **kwargs):
     _plt.close("all")
 _plt.show = _save_figures
 """
-BLOCK_END = "_save_figures()\n"
+BLOCK_END = f"_save_figures()\nprint({BLOCK_SEPARATOR!r}, flush=True)\n"
 # After them: the globals that the caller asked to keep.
+# (A dict is kept as its items, NAME[KEY].)
 EPILOGUE = """
 import numpy as _np
-_np.savez("_kept.npz", **{{_k: _np.asarray(globals()[_k]) for _k in {keep!r}}})
+_kept = {{}}
+for _k in {keep!r}:
+    _v = globals()[_k]
+    _kept.update({{f"{{_k}}[{{_kk}}]": _np.asarray(_vv) for _kk, _vv in _v.items()}} if isinstance(_v, dict)
+                 else {{_k: _np.asarray(_v)}})
+_np.savez("_kept.npz", **_kept)
 """
 
 
@@ -78,6 +99,7 @@ class PageRun:
 
     outputs: list[str] = field(default_factory=list)
     kept: dict[str, np.ndarray] = field(default_factory=dict)
+    shown_outputs_checked: int = 0
 
 
 def include_snippets(code: str, root: Path) -> str:
@@ -98,20 +120,61 @@ def include_snippets(code: str, root: Path) -> str:
     return SNIPPET.sub(included, code)
 
 
-def page_code(markdown: str, root: Path) -> tuple[list[str], list[str]]:
-    """The page's command lines and the code of its Python blocks, in page order."""
-    commands, blocks = [], []
-    for language, _, code in FENCE.findall(markdown):
+@dataclass
+class CodeBlock:
+    """A code block that runs: command lines (bash) or Python code, and the output shown under it."""
+
+    language: str
+    code: str | list[str]
+    shown_output: str | None = None
+
+
+def page_blocks(markdown: str, root: Path) -> list[CodeBlock]:
+    """The page's runnable blocks, in page order, each with the output shown under it (if any)."""
+    blocks: list[CodeBlock] = []
+    for language, info, code in FENCE.findall(markdown):
         if language == "bash":
-            commands += [line for line in code.splitlines() if line.startswith(("python ", "mpiexec "))]
+            lines = [line for line in code.splitlines() if line.startswith(("python ", "mpiexec "))]
+            if lines:
+                blocks.append(CodeBlock("bash", lines))
         elif language == "python" and not WHOLE_FILE.fullmatch(code.strip()):
-            blocks.append(include_snippets(code, root))
-    return commands, blocks
+            blocks.append(CodeBlock("python", include_snippets(code, root)))
+        elif language == "text" and SHOWN_OUTPUT.search(info):
+            if not blocks or blocks[-1].shown_output is not None:
+                raise ValueError(f"an Output block follows no code block that runs:\n{code}")
+            blocks[-1].shown_output = code
+    return blocks
+
+
+def shown_output_pattern(shown: str) -> re.Pattern:
+    """A regex for the lines of ``shown``: ``...`` lines match any lines, ``...`` in a line any text."""
+    parts = []
+    for line in shown.rstrip("\n").splitlines():
+        if line.strip() == "...":
+            parts.append(r"(?:[^\n]*\n)*?")
+        else:
+            text = "[^\n]*?".join(re.escape(piece) for piece in line.rstrip().split("..."))
+            parts.append(rf"{text}[ \t]*\n")
+    return re.compile("^" + "".join(parts), re.M)
+
+
+def check_shown_output(shown: str, printed: str, what: str, root: Path) -> None:
+    """Raise unless ``printed`` shows the lines of ``shown`` (see the module docstring)."""
+    # Open MPI's own notices (boxed in lines of dashes) land anywhere among
+    # the ranks' output, and its output forwarding may add NUL characters:
+    # neither is part of what a page shows.
+    printed = OPEN_MPI_NOTICE.sub("", printed.replace(str(root) + "/", "").replace("\0", ""))
+    if not printed.endswith("\n"):
+        printed += "\n"
+    if not shown_output_pattern(shown).search(printed):
+        raise AssertionError(
+            f"the page shows this output of {what}:\n{shown}\nbut it printed:\n{printed[-6000:]}"
+        )
 
 
 def run_command(line: str, root: Path, workdir: Path, timeout: float) -> str:
     """Run one command line of a page; return its standard output and error."""
-    should_fail = line.rstrip().endswith("# fails on purpose")
+    should_fail = line.rstrip().endswith(FAILS_ON_PURPOSE)
     words = shlex.split(line, comments=True)
     if words[0] == "mpiexec" and words[1] == "-n" and words[3] == "python":
         proc = run_mpi(root / words[4], int(words[2]), *words[5:], timeout=timeout,
@@ -133,18 +196,33 @@ def run_page(page: Path, root: Path, workdir: Path, images: Path, keep: tuple[st
     """Run ``page``'s code in ``workdir`` and copy the figures it draws into ``images``.
 
     ``root`` is the root of the docs tree (paths on the page are relative to
-    it), and ``keep`` names globals of the Python blocks to return.
+    it), and ``keep`` names globals of the Python blocks to return. Every
+    output the page shows is compared with what its code printed.
     """
-    commands, blocks = page_code(page.read_text(), root)
-    run = PageRun([run_command(line, root, workdir, timeout) for line in commands])
-    if blocks:
-        program = PRELUDE.format(page=page.stem) + "".join(f"{code}\n{BLOCK_END}" for code in blocks)
+    blocks = page_blocks(page.read_text(), root)
+    run = PageRun()
+    for block in (b for b in blocks if b.language == "bash"):
+        for line in block.code:
+            run.outputs.append(run_command(line, root, workdir, timeout))
+        if block.shown_output is not None:
+            check_shown_output(block.shown_output, run.outputs[-1], block.code[-1], root)
+            run.shown_outputs_checked += 1
+        elif any(line.rstrip().endswith(FAILS_ON_PURPOSE) for line in block.code):
+            raise ValueError(f"{block.code[-1]!r} fails on purpose: the page must show how (an Output block)")
+    python = [b for b in blocks if b.language == "python"]
+    if python:
+        program = PRELUDE.format(page=page.stem) + "".join(f"{b.code}\n{BLOCK_END}" for b in python)
         program += EPILOGUE.format(keep=tuple(keep))
         proc = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
                               timeout=timeout, env=SINGLE_PROCESS_ENV, cwd=workdir)
         if proc.returncode:
             raise RuntimeError(f"the Python blocks of {page.name} failed\n{proc.stdout[-5000:]}{proc.stderr[-8000:]}")
-        run.outputs.append(proc.stdout)
+        printed = proc.stdout.split(BLOCK_SEPARATOR + "\n")
+        run.outputs.append("".join(printed))
+        for number, (block, output) in enumerate(zip(python, printed), 1):
+            if block.shown_output is not None:
+                check_shown_output(block.shown_output, output, f"Python block {number} of {page.name}", root)
+                run.shown_outputs_checked += 1
         with np.load(workdir / "_kept.npz") as kept:
             run.kept = {name: kept[name] for name in kept.files}
     images.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,6 @@ def env(tmp_path_factory):
 
 @pytest.mark.parametrize("nranks", [1, 2, 3])
 def test_split_sample_matches_single_process(nranks, env, mpirun):
-    args = ["--hessian"] if nranks == 3 else []
+    args = [str(nranks)] + (["--hessian"] if nranks == 3 else [])
     proc = mpirun(SCRIPT, nranks, *args, env=env, timeout=240)
     assert f"kdescent split over {nranks} rank(s): OK" in proc.stdout

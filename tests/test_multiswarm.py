@@ -202,9 +202,17 @@ def test_checkpoint_resumes_an_interrupted_run(tmp_path):
     with np.load(path, allow_pickle=False) as saved:
         assert int(saved["nsteps_done"]) == 6
 
+    evaluated = []
+
+    def counted_loss(x):
+        loss = numpy_ackley(x)  # raises when JAX tries to trace it: only real calls count
+        evaluated.append(1)
+        return loss
+
     resumed = multiswarm.ParticleSwarm(20, 3, -5, 5, seed=5).run_pso(
-        numpy_ackley, nsteps=12, progress=False, checkpoint=path, checkpoint_every=3
+        counted_loss, nsteps=12, progress=False, checkpoint=path, checkpoint_every=3
     )
+    assert len(evaluated) == (12 - 6) * 20  # it went on from step 6
     for name in HISTORY_NAMES:
         np.testing.assert_array_equal(resumed[name], uninterrupted[name])
     # A finished run resumes to the same answer without evaluating anything.
@@ -255,7 +263,7 @@ def test_checkpoint_errors(tmp_path):
 @pytest.mark.parametrize("nranks", [2, 3])
 def test_ackley_on_several_ranks_matches_one_rank(tmp_path, x64, mpirun, nranks):
     out = tmp_path / "history.npz"
-    mpirun(MPI_SCRIPTS / "swarm_ackley.py", nranks, str(out), timeout=120)
+    mpirun(MPI_SCRIPTS / "swarm_ackley.py", nranks, str(nranks), str(out), timeout=120)
     single = run_ackley()
     with np.load(out, allow_pickle=False) as multi:
         for name in HISTORY_NAMES:
@@ -267,7 +275,7 @@ def test_ackley_on_several_ranks_matches_one_rank(tmp_path, x64, mpirun, nranks)
 @pytest.mark.parametrize("nranks, ranks_per_particle", [(3, 3), (4, 2)])
 def test_ranks_per_particle_with_a_parallel_loss(tmp_path, x64, mpirun, nranks, ranks_per_particle):
     out = tmp_path / "history.npz"
-    mpirun(MPI_SCRIPTS / "swarm_subcomm.py", nranks, str(out), str(ranks_per_particle), timeout=120)
+    mpirun(MPI_SCRIPTS / "swarm_subcomm.py", nranks, str(nranks), str(out), str(ranks_per_particle), timeout=120)
     single = multiswarm.ParticleSwarm(nparticles=20, ndim=4, xlow=-5, xhigh=5, seed=1).run_pso(
         numpy_ackley, nsteps=15, progress=False
     )

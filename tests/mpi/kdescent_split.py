@@ -1,6 +1,6 @@
 """kdescent on several ranks: a pretrainer spread over ranks, and a model sample split across them.
 
-Usage: mpiexec -n N python kdescent_split.py [--hessian]
+Usage: mpiexec -n N python kdescent_split.py N [--hessian]
 
 Checks, on every rank (float64):
 
@@ -81,6 +81,7 @@ def split_bounds(n, nranks, rank):
 
 def main(check_hessian):
     comm = _comm.default_comm()
+    assert comm.size == int(sys.argv[1]), f"expected {sys.argv[1]} ranks, running on {comm.size}"
     rank, nranks = comm.rank, comm.size
     rng = np.random.default_rng(0)
     train = rng.normal(size=(1500, 2)) * [1.0, 0.6] + [0.5, -1.0]
@@ -155,4 +156,4 @@ def main(check_hessian):
 
 
 if __name__ == "__main__":
-    main(check_hessian="--hessian" in sys.argv[1:])
+    main(check_hessian="--hessian" in sys.argv[2:])

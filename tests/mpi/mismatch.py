@@ -4,7 +4,10 @@ Rank 1 breaks the rule in each case: sumstats of another shape or dtype, a
 guess or key of its own, a swarm or pretrainer seeded differently. Every rank
 must raise the expected error (none may hang or carry on), and then the ranks
 go on to the next case together.
+Usage: mismatch.py NRANKS
 """
+
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +17,7 @@ from mpi4py import MPI
 from diffopt import kdescent, multigrad, multiswarm
 
 comm = MPI.COMM_WORLD
+assert comm.size == int(sys.argv[1]), f"expected {sys.argv[1]} ranks, running on {comm.size}"
 odd = comm.rank == 1
 
 
@@ -42,6 +46,10 @@ cases = {
     ),
     "sumstats shape, run_adam": (
         lambda: model(extra=True).run_adam(guess, nsteps=3, progress=False),
+        r"sumstats differ in shape or dtype across MPI ranks \(rank 0: float32\(2,\); rank 1: float32\(3,\)",
+    ),
+    "sumstats shape, run_simple_grad_descent": (
+        lambda: model(extra=True).run_simple_grad_descent(guess, nsteps=3, progress=False),
         r"sumstats differ in shape or dtype across MPI ranks \(rank 0: float32\(2,\); rank 1: float32\(3,\)",
     ),
     "sumstats dtype, run_bfgs": (

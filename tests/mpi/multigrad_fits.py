@@ -1,6 +1,8 @@
 """Under mpiexec: run_adam (bounded, stochastic), run_bfgs and optax.lbfgs on split data.
 
-Rank 0 saves the results to argv[1]; the pytest test compares 1 and 3 ranks.
+Usage: multigrad_fits.py NRANKS OUT.npz
+
+Rank 0 saves the results to OUT.npz; the pytest test compares 1 and 3 ranks.
 Every rank checks that it holds exactly what the others hold.
 """
 
@@ -18,6 +20,7 @@ from mpi4py import MPI
 from diffopt import multigrad
 
 comm = MPI.COMM_WORLD
+assert comm.size == int(sys.argv[1]), f"expected {sys.argv[1]} ranks, running on {comm.size}"
 
 
 class Model(multigrad.OnePointModel):
@@ -62,4 +65,4 @@ for name, value in out.items():
     blobs = comm.allgather(np.asarray(value).tobytes())
     assert len(set(blobs)) == 1, f"{name} differs between ranks"
 if comm.rank == 0:
-    np.savez(sys.argv[1], **{k: np.asarray(v) for k, v in out.items()})
+    np.savez(sys.argv[2], **{k: np.asarray(v) for k, v in out.items()})

@@ -1,4 +1,9 @@
-"""Under mpiexec (3 or 4 ranks): two models on two sub-communicators, summed."""
+"""Under mpiexec (3 or 4 ranks): two models on two sub-communicators, summed.
+
+Usage: multigrad_group.py NRANKS
+"""
+
+import sys
 
 import jax
 
@@ -11,6 +16,7 @@ from mpi4py import MPI
 from diffopt import multigrad
 
 comm = MPI.COMM_WORLD
+assert comm.size == int(sys.argv[1]), f"expected {sys.argv[1]} ranks, running on {comm.size}"
 
 
 class Model(multigrad.OnePointModel):
@@ -47,5 +53,12 @@ hist, _ = group.run_adam(p, nsteps=50, learning_rate=0.01, progress=False)
 _, _, res = group.run_bfgs(p, maxsteps=20, progress=False)
 assert comm.allreduce(len({np.asarray(hist).tobytes()} ^ set(comm.allgather(np.asarray(hist).tobytes()))), op=MPI.SUM) == 0
 assert len(set(comm.allgather(res.x.tobytes()))) == 1
+# One sub-communicator per compute node: all of this job's ranks share one node.
+node_comm, num_nodes, node = multigrad.split_subcomms_by_node()
+assert (num_nodes, node, node_comm.size, node_comm.rank) == (1, 0, comm.size, comm.rank)
+# Of a sub-communicator: the node's ranks within it.
+node_comm, num_nodes, node = multigrad.split_subcomms_by_node(subcomm)
+assert (num_nodes, node, node_comm.size, node_comm.rank) == (1, 0, subcomm.size, subcomm.rank)
+assert node_comm.allreduce(group_rank) == group_rank * subcomm.size  # only its group's ranks
 if comm.rank == 0:
     print("group: OK")

@@ -1,6 +1,6 @@
 """Under mpiexec: fits meet a non-finite gradient and stop on every rank at the same step.
 
-Usage: nan_stop.py OUT.npz
+Usage: nan_stop.py NRANKS OUT.npz
 
 The gradient becomes NaN once the first parameter passes 0.5 (the loss stays
 finite), with the data split across the ranks. Each fit must warn with the
@@ -24,6 +24,7 @@ from mpi4py import MPI  # noqa: E402
 from diffopt import multigrad  # noqa: E402
 
 comm = MPI.COMM_WORLD
+assert comm.size == int(sys.argv[1]), f"expected {sys.argv[1]} ranks, running on {comm.size}"
 
 
 @jax.custom_jvp
@@ -73,4 +74,4 @@ for name, run in fits.items():
     if comm.rank == 0:
         print(f"{name}: stopped at step {step} on every rank", flush=True)
 if comm.rank == 0:
-    np.savez(sys.argv[1], **out)
+    np.savez(sys.argv[2], **out)

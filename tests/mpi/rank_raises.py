@@ -1,6 +1,6 @@
 """Under mpiexec -n 3: rank 1 raises part-way through a multi-rank operation.
 
-Usage: rank_raises.py OPERATION, one of
+Usage: rank_raises.py NRANKS OPERATION, with OPERATION one of
 
 - sumstats, loss_and_grad, run_adam, run_bfgs: the user's model raises at its
   second evaluation on rank 1 (inside compiled code for all but sumstats);
@@ -23,8 +23,10 @@ from mpi4py import MPI
 
 from diffopt import kdescent, multigrad, multiswarm
 
-operation = sys.argv[1]
-rank = MPI.COMM_WORLD.rank
+comm = MPI.COMM_WORLD
+assert comm.size == int(sys.argv[1]), f"expected {sys.argv[1]} ranks, running on {comm.size}"
+operation = sys.argv[2]
+rank = comm.rank
 calls = 0
 
 

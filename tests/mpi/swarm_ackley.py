@@ -1,6 +1,6 @@
 """Ackley 4-D PSO on several ranks: converges, and histories agree on every rank.
 
-Usage: mpiexec -n N python swarm_ackley.py OUT.npz
+Usage: mpiexec -n N python swarm_ackley.py N OUT.npz
 Rank 0 saves the histories to OUT.npz so the launching test can compare them
 with a single-process run of the same seed.
 """
@@ -25,8 +25,9 @@ def ackley(x):
     return 20 + jnp.e - a - b
 
 
-def main(out_path):
+def main(expected_ranks, out_path):
     rank, nranks = _comm.rank(), _comm.size()
+    assert nranks == expected_ranks, f"expected {expected_ranks} ranks, running on {nranks}"
     assert nranks > 1, "run this under mpiexec with several ranks"
     swarm = multiswarm.ParticleSwarm(nparticles=100, ndim=4, xlow=-5, xhigh=5, seed=0)
     assert swarm.subcomm.size == 1
@@ -63,9 +64,24 @@ def main(out_path):
 
 def check_checkpoint_resume(path, uninterrupted):
     """Rank 0 writes the checkpoint and shares it when resuming; all ranks agree."""
+    evaluated = []  # one entry per particle this rank evaluates
+
+    def counted_ackley(x):
+        # Under jax.vmap the callback runs once per particle (once per batch
+        # if it took no batched argument).
+        jax.debug.callback(lambda position: evaluated.append(1), x)
+        return ackley(x)
+
+    def evaluations():
+        return sum(_comm.allgather(len(evaluated)))
+
     swarm = multiswarm.ParticleSwarm(nparticles=100, ndim=4, xlow=-5, xhigh=5, seed=0)
-    swarm.run_pso(ackley, nsteps=5, progress=False, checkpoint=path, checkpoint_every=2)
-    resumed = swarm.run_pso(ackley, nsteps=8, progress=False, checkpoint=path)
+    swarm.run_pso(counted_ackley, nsteps=5, progress=False, checkpoint=path, checkpoint_every=2)
+    assert evaluations() == 5 * 100, evaluations()
+    evaluated.clear()
+    resumed = swarm.run_pso(counted_ackley, nsteps=8, progress=False, checkpoint=path)
+    # It went on from step 5: only the 3 steps left were evaluated.
+    assert evaluations() == 3 * 100, evaluations()
     for name in ("swarm_x_history", "swarm_v_history", "swarm_loss_history"):
         assert np.array_equal(resumed[name], uninterrupted[name][:8]), name
 
@@ -79,4 +95,4 @@ def check_checkpoint_resume(path, uninterrupted):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(int(sys.argv[1]), sys.argv[2])

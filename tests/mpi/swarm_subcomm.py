@@ -1,6 +1,6 @@
 """PSO with ranks_per_particle: each particle's loss is itself parallel.
 
-Usage: mpiexec -n N python swarm_subcomm.py OUT.npz RANKS_PER_PARTICLE
+Usage: mpiexec -n N python swarm_subcomm.py N OUT.npz RANKS_PER_PARTICLE
 Each rank of a group sums the Ackley terms of its share of the dimensions and
 the group adds them up over ``swarm.subcomm`` (host side). Rank 0 saves the
 histories to OUT.npz for comparison with a single-process run.
@@ -33,8 +33,9 @@ def make_parallel_ackley(subcomm, calls):
     return ackley
 
 
-def main(out_path, ranks_per_particle):
+def main(expected_ranks, out_path, ranks_per_particle):
     nranks = _comm.size()
+    assert nranks == expected_ranks, f"expected {expected_ranks} ranks, running on {nranks}"
     swarm = multiswarm.ParticleSwarm(
         nparticles=20, ndim=NDIM, xlow=-5, xhigh=5, seed=1, ranks_per_particle=ranks_per_particle
     )
@@ -56,4 +57,4 @@ def main(out_path, ranks_per_particle):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]))
+    main(int(sys.argv[1]), sys.argv[2], int(sys.argv[3]))
