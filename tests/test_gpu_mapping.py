@@ -149,5 +149,5 @@ def test_a_plan_made_after_jax_started_changes_nothing_and_warns():
 @pytest.mark.mpi
 @pytest.mark.parametrize("nranks", [2, 3])
 def test_ranks_of_one_node_get_their_gpus_under_mpiexec(nranks):
-    proc = run_mpi(TESTS / "mpi" / "gpu_mapping.py", nranks)
+    proc = run_mpi(TESTS / "mpi" / "gpu_mapping.py", nranks, str(nranks))
     assert f"gpu mapping: OK on {nranks} ranks" in proc.stdout

@@ -130,7 +130,7 @@ def test_system_mpi_setup_uses_the_site_mpi_and_runs_two_ranks(mpich, site_venv)
 
     env = site_env(mpich, PYTHONPATH=str(REPO), OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
                    XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
-    command = mpi_command(2, str(venv / "bin" / "python"), str(TESTS / "mpi" / "multigrad_exact.py"), "4", env=env)
+    command = mpi_command(2, str(venv / "bin" / "python"), str(TESTS / "mpi" / "multigrad_exact.py"), "2", "4", env=env)
     assert command[0] == str(mpich / "mpiexec")
     proc = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]

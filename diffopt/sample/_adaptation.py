@@ -18,7 +18,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from blackjax.adaptation.step_size import DualAveragingAdaptationState, dual_averaging_adaptation
 from jaxtyping import Array, Bool, Float, Int
 
 # More slow windows than any warm-up has: each is twice the one before.
@@ -81,7 +80,7 @@ class AdaptationState(NamedTuple):
         The inverse mass matrix (diagonal, or dense) for the next transition.
     """
 
-    dual_averaging: DualAveragingAdaptationState
+    dual_averaging: "blackjax.adaptation.step_size.DualAveragingAdaptationState"  # noqa: F821
     count: Float[Array, ""]
     mean: Float[Array, " n"]
     m2: Float[Array, "n ..."]
@@ -90,6 +89,10 @@ class AdaptationState(NamedTuple):
 
 
 def _dual_averaging(target_acceptance_rate: float):
+    # Imported when first used: importing blackjax starts JAX's backends, which
+    # must wait until diffopt has given each MPI rank its GPU.
+    from blackjax.adaptation.step_size import dual_averaging_adaptation
+
     return dual_averaging_adaptation(target_acceptance_rate)
 
 

@@ -11,13 +11,10 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, NamedTuple
 
-import blackjax.mcmc.hmc
-import blackjax.mcmc.nuts
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from blackjax.diagnostics import effective_sample_size, potential_scale_reduction
 from jaxtyping import Array, Bool, Float, PyTree
 
 from .. import _comm
@@ -30,6 +27,16 @@ from ..optim._checks import (
 from ..optim._flat import FlatSpec, unflatten, unflatten_rows
 from ..optim._loop import compiled_init, compiled_steps, run_loop
 from . import _adaptation
+
+
+def _blackjax():
+    """blackjax, imported when first used: importing it starts JAX's backends,
+    which must wait until diffopt has given each MPI rank its GPU."""
+    import blackjax.diagnostics
+    import blackjax.mcmc.hmc
+    import blackjax.mcmc.nuts
+
+    return blackjax
 
 
 class SamplerState(NamedTuple):
@@ -45,7 +52,7 @@ class SamplerState(NamedTuple):
         matrix, and the estimates they come from.
     """
 
-    chains: blackjax.mcmc.hmc.HMCState
+    chains: "blackjax.mcmc.hmc.HMCState"  # noqa: F821
     adaptation: _adaptation.AdaptationState
 
 
@@ -141,17 +148,17 @@ class SamplerAlgorithm(eqx.Module):
     def init(self, z0: Float[Array, " n"]) -> SamplerState:
         """Every chain at ``z0``, with a step size of 1 and a unit mass matrix."""
         z = jnp.broadcast_to(z0, (self.nchains, *z0.shape))
-        chains = jax.vmap(lambda p: blackjax.mcmc.hmc.init(p, self.logdensity))(z)
+        chains = jax.vmap(lambda p: _blackjax().mcmc.hmc.init(p, self.logdensity))(z)
         adaptation = jax.vmap(
             lambda p: _adaptation.init(p, 1.0, self.target_acceptance_rate, self.dense_mass_matrix))(z)
         return SamplerState(chains, adaptation)
 
     def _transition(self, key, chain, adaptation):
         if self.kernel == "nuts":
-            kernel = blackjax.mcmc.nuts.build_kernel()
+            kernel = _blackjax().mcmc.nuts.build_kernel()
             return kernel(key, chain, self.logdensity, adaptation.step_size, adaptation.inverse_mass_matrix,
                           max_num_doublings=self.max_num_doublings)
-        kernel = blackjax.mcmc.hmc.build_kernel()
+        kernel = _blackjax().mcmc.hmc.build_kernel()
         return kernel(key, chain, self.logdensity, adaptation.step_size, adaptation.inverse_mass_matrix,
                       self.num_integration_steps)
 
@@ -299,7 +306,8 @@ def _diagnostics(draws: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _split_rhat_and_ess(draws):
     half = draws.shape[1] // 2
     split = jnp.concatenate([draws[:, :half], draws[:, half:2 * half]], axis=0)
-    return potential_scale_reduction(split), effective_sample_size(draws)
+    diagnostics = _blackjax().diagnostics
+    return diagnostics.potential_scale_reduction(split), diagnostics.effective_sample_size(draws)
 
 
 _COMMON_DOC = """

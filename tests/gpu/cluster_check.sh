@@ -45,7 +45,7 @@ nvidia-smi -L; ls /proc/driver/nvidia/gpus
 step count-gpus 60 "$PY" -c "from diffopt._gpus import count_gpus; print('diffopt counts', count_gpus(), 'GPU(s)')"
 step launcher-check 180 "$PY" scripts/mpi_launcher.py
 step rank-gpus 180 "${LAUNCH[@]}" -n 2 "$PY" tests/gpu/rank_gpus.py 2
-step exact-2-ranks 300 "${LAUNCH[@]}" -n 2 "$PY" tests/mpi/multigrad_exact.py 4
+step exact-2-ranks 300 "${LAUNCH[@]}" -n 2 "$PY" tests/mpi/multigrad_exact.py 2 4
 step smf-1e8 300 env NRANKS=2 NUM_HALOS="${SMF_HALOS:-1e8}" bash examples/cluster/smf_fit_mpiexec.sh
 if [ "${1:-}" = --system-mpi ]; then
     if [ -x /usr/bin/mpicc ] && ls .gpu/sdist/mpi4py-*.tar.gz >/dev/null 2>&1; then
@@ -57,7 +57,7 @@ if [ "${1:-}" = --system-mpi ]; then
                 --target /tmp/sysmpi .gpu/sdist/mpi4jax-*.tar.gz' "$PY"
         export PYTHONPATH=$PWD:/tmp/sysmpi:${PYTHONPATH#"$PWD:"}
         step system-launcher-check 180 "$PY" scripts/mpi_launcher.py
-        step system-exact-2-ranks 300 "${LAUNCH[@]}" -n 2 "$PY" tests/mpi/multigrad_exact.py 4
+        step system-exact-2-ranks 300 "${LAUNCH[@]}" -n 2 "$PY" tests/mpi/multigrad_exact.py 2 4
     else
         echo "== --system-mpi: skipped, no /usr/bin/mpicc or no .gpu/sdist/mpi4py-*.tar.gz"; failed=1
     fi

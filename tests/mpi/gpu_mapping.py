@@ -7,6 +7,7 @@ on 2 GPUs JAX's preallocation is turned off. JAX then runs on the CPU as usual.
 """
 
 import os
+import sys
 
 import jax
 from mpi4py import MPI
@@ -14,6 +15,7 @@ from mpi4py import MPI
 from diffopt import _comm, _gpus, multigrad
 
 comm = MPI.COMM_WORLD
+assert comm.size == int(sys.argv[1]), f"expected {sys.argv[1]} ranks, running on {comm.size}"
 
 
 def agree(ok: bool, what: str):
