@@ -22,6 +22,7 @@ timeout, naming mpi4py's MPI library and the launcher.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -139,8 +140,8 @@ def check(timeout: float = 120) -> tuple[bool, str]:
     if status is None:
         return False, (f"a 2-rank job did not finish within {timeout:.0f} s. {named}. They are "
                        f"probably not the same MPI.\n--- output ---\n{output[-3000:]}")
-    sizes = sorted(line.split("size=")[1] for line in output.splitlines()
-                   if line.startswith("DIFFOPT_MPI_PROBE"))
+    # MPI forwards the ranks' output unbuffered, so two reports can share a line.
+    sizes = sorted(re.findall(r"DIFFOPT_MPI_PROBE rank=\d+ size=(\d+)", output))
     if status == 0 and sizes == ["2", "2"]:
         return True, named
     started = f"`{shlex.join([*command, '-n', '2'])} python`"

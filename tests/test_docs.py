@@ -106,7 +106,20 @@ def check_optax_and_jit(run, workdir):
     for name in ("adam(0.05)", "chain(clip_by_global_norm(1.0), sgd(0.1, momentum=0.9))"):
         assert 1e-8 < losses[f"losses[{name}]"][-1] - best < 1e-5, name
     # "The hand-written loop's curve lies on the one of run_adam with the same optimiser."
-    np.testing.assert_allclose(run.kept["own_losses"], losses["losses[adam(0.05)]"], rtol=1e-11)
+    # run_adam also evaluates its final parameters: one loss more than the scan's 150.
+    own = run.kept["own_losses"]
+    assert own.shape == (150,)
+    np.testing.assert_allclose(own, losses["losses[adam(0.05)]"][:150], rtol=1e-11)
+
+
+def check_coming_from_2(run, workdir):
+    kept = run.kept
+    # "histories have shape (n, *shape) ... the guess first and the final parameters last"
+    assert kept["adam_params"].shape == (101, 2) and kept["adam_losses"].shape == (101,)
+    np.testing.assert_array_equal(kept["adam_params"][0], kept["guess"].astype(np.float32))
+    np.testing.assert_allclose(kept["bfgs_params"][-1], kept["truth"], atol=1e-3)
+    # "with an inertia of 1 ... the swarm does not settle"
+    assert kept["best_loss"] < 1e-5 < 1e-3 < kept["old_best_loss"]
 
 
 def check_bounds(run, workdir):
@@ -150,6 +163,8 @@ CHECKS = {
     "kdescent-quickstart.md": (("truth_params", "adam_params", "adam_losses"), check_kdescent_quickstart),
     "optax-and-jit.md": (("losses", "own_losses", "best"), check_optax_and_jit),
     "bounds.md": (("free", "bounded", "bfgs_path"), check_bounds),
+    "coming-from-2.md": (("adam_params", "adam_losses", "guess", "bfgs_params", "truth", "best_loss",
+                          "old_best_loss"), check_coming_from_2),
     "many-ranks.md": ((), check_many_ranks),
     "fisher.md": ((), check_fisher),
     "sampling.md": ((), check_sampling),

@@ -189,7 +189,7 @@ def test_fit_checkpoint_of_another_random_key_is_refused(tmp_path):
     kdescent.adam(lossfunc, jnp.zeros(2), **{**kwargs, "nsteps": 20}, randkey=7)
     with pytest.raises(ValueError, match="written with a different randkey"):
         kdescent.adam(lossfunc, jnp.zeros(2), **kwargs, randkey=8)
-    with pytest.raises(ValueError, match="belongs to a different problem.*random key"):
+    with pytest.raises(ValueError, match="belongs to another problem.*a random key"):
         kdescent.adam(lossfunc, jnp.zeros(2), **kwargs, randkey=None)
     # The same key resumes.
     kdescent.adam(lossfunc, jnp.zeros(2), **kwargs, randkey=7)
