@@ -12,7 +12,8 @@
    the same warm-up alone taken out) ÷ the same blackjax NUTS kernel in a
    bare jitted ``lax.scan`` on a plain log-density of the same data, with
    the step size ``run_nuts`` adapted (target: bare ÷ ours >= 0.9, i.e. the
-   communication layer and loop cost nothing).
+   communication layer and loop cost nothing), and against one jitted
+   ``value_and_grad`` of that log-density, the floor of a leapfrog step.
 4. With --scaling: draws per second of ``run_nuts`` on 2 ranks ÷ 1 rank,
    seed SMF with 1,000,000 halos, each rank one XLA thread (target >= 1.8).
 
@@ -22,6 +23,7 @@ emcee's integrated autocorrelation time for emcee (ESS = draws / tau).
 
 from __future__ import annotations
 
+import functools
 import os
 import runpy
 import subprocess
@@ -120,7 +122,8 @@ def per_leapfrog_ratio():
 
     model, truth, seed, (edges, log_mh, target) = smf_posterior(100_000)
 
-    def plain(params):  # the same log-density, no diffopt in it
+    def plain(params, data):  # the same log-density, no diffopt in it
+        edges, log_mh, target = data
         smf = seed["calc_smf"](params, edges, 1.0, log_mh)
         return -0.5 * jnp.sum(((smf - target) / (0.05 * target)) ** 2)
 
@@ -138,36 +141,58 @@ def per_leapfrog_ratio():
     imm = jnp.cov(jnp.asarray(result.samples[0]).T)
     kernel = blackjax.mcmc.nuts.build_kernel()
 
+    # The data are arguments of the jitted loop, as they are of run_nuts's
+    # (closed over, XLA would fold them into the program as constants).
     @jax.jit
-    def bare(key, position, step_size):
+    def bare(key, position, step_size, data):
+        logdensity = functools.partial(plain, data=data)
+
         def body(state, key):
-            state, info = kernel(key, state, plain, step_size, imm)
+            state, info = kernel(key, state, logdensity, step_size, imm)
             return state, info.num_integration_steps
 
-        return jax.lax.scan(body, blackjax.mcmc.hmc.init(position, plain), jax.random.split(key, nsamples))
+        return jax.lax.scan(body, blackjax.mcmc.hmc.init(position, logdensity), jax.random.split(key, nsamples))
 
-    bare(jax.random.key(0), truth, warm.info.step_size[0])
-    (_, steps), bare_seconds = timed(lambda: bare(jax.random.key(1), truth, warm.info.step_size[0]))
+    data = (edges, log_mh, target)
+    bare(jax.random.key(0), truth, warm.info.step_size[0], data)
+    (_, steps), bare_seconds = timed(lambda: bare(jax.random.key(1), truth, warm.info.step_size[0], data))
     bare_leapfrogs = float(np.sum(steps))
     ours_per, bare_per = seconds / leapfrogs, bare_seconds / bare_leapfrogs
     print(f"leapfrog step, SMF 100,000 halos: run_nuts {1e3 * ours_per:.3f} ms ({leapfrogs:.0f} steps in "
           f"{seconds:.2f} s, the warm-up's time taken out), bare blackjax {1e3 * bare_per:.3f} ms "
           f"({bare_leapfrogs:.0f} steps, {bare_seconds:.2f} s)")
     print(f"RATIO bare blackjax / run_nuts time per leapfrog step = {bare_per / ours_per:.2f}   (target >= 0.9)")
+    # The floor of a leapfrog step: one jitted value_and_grad of the plain
+    # log-density, called in a lax.scan (no sampler at all).
+    @jax.jit
+    def gradients(position, data):
+        def body(p, _):
+            value, grad = jax.value_and_grad(plain)(p, data)
+            return p + 1e-12 * grad, value
+
+        return jax.lax.scan(body, position, length=100)
+
+    gradients(truth, data)
+    _, floor_seconds = timed(lambda: gradients(truth, data))
+    print(f"one value_and_grad of the plain log-density (in a lax.scan): {10 * floor_seconds:.3f} ms")
+    print(f"RATIO value_and_grad / run_nuts time per leapfrog step = {floor_seconds / 100 / ours_per:.2f}")
 
 
-def scaling_worker(nsamples=200):
+def scaling_worker(nsamples=20, nwarmup=20):
     from mpi4py import MPI
 
     model, truth, _, _ = smf_posterior(1_000_000)
-    run = lambda key: model.run_nuts(truth, nsamples, nwarmup=100, randkey=key, progress=False,  # noqa: E731
-                                     dense_mass_matrix=True)
-    run(0)
+    # Short, with trees of at most 32 steps: a step costs about 0.2 s on one
+    # thread, and a warm-up this short leaves some trees at their limit.
+    run = lambda key, n, nwarmup: model.run_nuts(truth, n, nwarmup=nwarmup, randkey=key,  # noqa: E731
+                                                 progress=False, dense_mass_matrix=True,
+                                                 max_num_doublings=5)
+    run(0, 1, 1)  # compiles the sampler; other lengths reuse it
     MPI.COMM_WORLD.Barrier()
-    result, seconds = timed(lambda: run(1))
+    result, seconds = timed(lambda: run(1, nsamples, nwarmup))
     if MPI.COMM_WORLD.rank == 0:
         steps = float(result.info.num_integration_steps[0])
-        print(f"DRAWS_PER_SECOND {(nsamples + 100) / seconds:.3f} LEAPFROGS {steps:.2f}")
+        print(f"DRAWS_PER_SECOND {(nsamples + nwarmup) / seconds:.3f} LEAPFROGS {steps:.2f}")
 
 
 def scaling():
