@@ -6,9 +6,10 @@ as a pure ``init``/``update`` over a state: blackjax's dual averaging tunes
 the step size towards the target acceptance rate, and a diagonal (or dense)
 inverse mass matrix is estimated from the positions of each slow window
 (Welford's running (co)variance, shrunk as Stan does, but towards ``1e-3``
-of its own variances rather than of the identity: scale-free). The window schedule follows blackjax's ``build_schedule``, packed into
-fixed-size arrays so that the compiled step does not depend on the number
-of warm-up steps.
+of its own variances rather than of the identity: scale-free). The window
+schedule follows blackjax's ``build_schedule``, packed into fixed-size
+arrays so that the compiled step does not depend on the number of warm-up
+steps.
 """
 
 from __future__ import annotations
