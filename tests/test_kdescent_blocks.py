@@ -28,6 +28,15 @@ GPU = block_policy("cuda", H200_BYTES)
 GPU_SMALL = block_policy("cuda", 2**26)
 
 
+@pytest.fixture(autouse=True)
+def _on_the_cpu():
+    """Compute and lower on the CPU, also on a machine with a GPU: these tests
+    compare policies by forcing them, and a GPU would run the CPU policy's
+    float32 matmuls in TF32 and lower for itself by default."""
+    with jax.default_device(jax.devices("cpu")[0]):
+        yield
+
+
 def test_policy_sizes():
     assert CPU.block_elements == 2**18 and CPU.fast_sincos and not CPU.remat_one_block
     assert default_chunk_size(32) == default_chunk_size(32, CPU) == 2**18 // 32
