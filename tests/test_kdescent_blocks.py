@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from diffopt import kdescent
-from diffopt.kdescent import _kernels
+from diffopt.kdescent import _kernels, _pretrainer
 from diffopt.kdescent._kernels import (
     block_policy,
     default_chunk_size,
@@ -208,3 +208,41 @@ def test_far_sample_under_each_policy(policy):
         near = jax.jit(lambda p: losses(p)[1])(jnp.zeros(3, jnp.float32))
     np.testing.assert_array_equal(np.asarray(kde_grad), 0.0)
     assert np.all(np.isfinite(np.asarray(chisq_grad))) and float(chisq) > float(near)
+
+
+@pytest.mark.parametrize("policy", [CPU, GPU], ids=["cpu", "gpu"])
+def test_every_matmul_is_full_precision(policy):
+    """A GPU multiplies float32 matrices in TF32 unless told otherwise: every
+    matrix product of the sums, their derivatives and a KCalc's whitening
+    asks for full precision (10 dimensions: the products replace the unrolled
+    loops beyond 8)."""
+    rng = np.random.default_rng(0)
+    whit = np.linalg.inv(np.linalg.cholesky(np.diag(rng.uniform(0.5, 2.0, 10))))
+    args = tuple(jnp.asarray(a, jnp.float32) for a in (
+        rng.normal(size=(503, 10)), rng.uniform(0.1, 2.0, 503), rng.normal(size=(7, 10)), whit,
+        rng.normal(size=10), rng.uniform(-2, 2, size=(7, 10))))
+
+    def loss(x, w, centres, whit, shift, kvecs):
+        g = gaussian_kernel_sums(x, w, centres, whit, shift)
+        re, im = fourier_sums(x, w, kvecs, shift)
+        return jnp.sum(g**2) + jnp.sum(re * im)
+
+    grads = jax.value_and_grad(loss, argnums=range(6))
+    hvp = lambda *a: jax.jvp(lambda x: grads(x, *a[1:])[1][0], (a[0],), (a[0],))
+    texts = []
+    with _kernels._force_policy(policy):
+        for fn in (grads, hvp):
+            texts.append(jax.jit(fn).lower(*args).as_text())
+    train = rng.normal(size=(400, 10)).astype(np.float32)
+    pre = kdescent.KPretrainer.from_training_data(train, num_eval_kernels=5, num_eval_fourier_positions=5)
+    texts.append(jax.jit(lambda pre: kdescent.KCalc(pre).whitened_centers).lower(pre).as_text())
+    chol, whit = jnp.eye(10), jnp.eye(10)
+    texts.append(_pretrainer._kde_draws.lower(jax.random.key(0), jax.random.key(1), train, train[:, 0], chol, 9)
+                 .as_text())
+    texts.append(_pretrainer._kde_block.lower(train[:5], train, train[:, 0], train[0], whit).as_text())
+    texts.append(_pretrainer._density_block.lower(train[:5], train, train[:, 0], train[0], whit).as_text())
+    for text in texts:
+        dots = [line for line in text.splitlines() if "dot_general" in line]
+        assert dots
+        assert all("precision = [HIGHEST, HIGHEST]" in line for line in dots), \
+            [line for line in dots if "HIGHEST" not in line][:3]

@@ -435,3 +435,28 @@ def test_ecf_of_data_far_from_the_origin_is_accurate():
         np.testing.assert_allclose(np.asarray(got), want, rtol=0, atol=2e-5 * len(pts))
     mk, tk = kcalc.compare_kde_counts(key, model)
     assert np.all(np.isfinite(np.asarray(mk))) and float(jnp.sum(mk)) > 0.1 * float(jnp.sum(tk))
+
+
+def test_many_dimensions_do_not_blow_up_compiled_code():
+    """In 12 dimensions the ECF's phase factor multiplies 37 complex numbers per
+    Fourier position. Written as a chain of angle additions, a fused consumer
+    (the pretrainer stacks its sums) evaluated 2**36 paths per position and
+    never finished (30 s in 10 dimensions). A fresh process must pretrain and
+    evaluate well inside the bound: 240 s, about 40x what it takes here."""
+    import subprocess
+    import sys
+
+    code = """
+import numpy as np, jax, jax.numpy as jnp
+from diffopt import kdescent
+from diffopt.kdescent._kernels import fourier_sums
+rng = np.random.default_rng(0)
+train = rng.normal(size=(500, 12)).astype(np.float32)
+pre = kdescent.KPretrainer.from_training_data(train, num_eval_kernels=5, num_eval_fourier_positions=5)
+x = jnp.asarray(train)
+stacked = jax.jit(lambda x: jnp.stack(fourier_sums(x, None, pre.fourier_positions, pre.training_mean)))(x)
+print(stacked.shape, bool(jnp.all(jnp.isfinite(stacked))))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["(2,", "1500)", "True"], out.stdout

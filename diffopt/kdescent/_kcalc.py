@@ -13,7 +13,7 @@ from jaxtyping import Array, ArrayLike, Complex, Float
 from .. import _comm
 from .._keys import as_key
 from . import _checks
-from ._kernels import fourier_sums, gaussian_kernel_sums
+from ._kernels import _matmul, fourier_sums, gaussian_kernel_sums
 from ._pretrainer import KPretrainer
 
 __all__ = ["KCalc"]
@@ -72,7 +72,7 @@ class KCalc(eqx.Module):
         self.whitening = jax.scipy.linalg.solve_triangular(
             chol, jnp.eye(ndim, dtype=chol.dtype), lower=True
         )
-        self.whitened_centers = (pretrainer.kernel_centers - pretrainer.training_mean) @ self.whitening.T
+        self.whitened_centers = _matmul(pretrainer.kernel_centers - pretrainer.training_mean, self.whitening.T)
         self.log_norm = -0.5 * ndim * math.log(2 * math.pi) - jnp.sum(jnp.log(jnp.diag(chol)))
 
     # --- sizes ------------------------------------------------------------------

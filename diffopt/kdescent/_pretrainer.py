@@ -15,7 +15,7 @@ from jaxtyping import Array, ArrayLike, Complex, Float
 
 from .. import _comm, _npz
 from . import _checks
-from ._kernels import fourier_sums_and_squares, gaussian_kernel_sums_and_squares
+from ._kernels import _matmul, fourier_sums_and_squares, gaussian_kernel_sums_and_squares
 
 __all__ = ["KPretrainer"]
 
@@ -468,7 +468,7 @@ def _kde_draws(key_pick, key_noise, x, w, chol, num):
     """``num`` draws from the Gaussian KDE: a point picked by weight, plus kernel noise."""
     picks = jax.random.choice(key_pick, x.shape[0], (num,), p=w / jnp.sum(w))
     noise = jax.random.normal(key_noise, (num, x.shape[1]), x.dtype)
-    return x[picks] + noise @ chol.T
+    return x[picks] + _matmul(noise, chol.T)
 
 
 @functools.partial(jax.jit, static_argnums=2)
@@ -484,12 +484,12 @@ _POINT_CHUNK = 4096
 
 @jax.jit
 def _density_block(cands, x, w, mean, whitening):
-    return gaussian_kernel_sums_and_squares(x, w, (cands - mean) @ whitening.T, whitening, mean)[0][None]
+    return gaussian_kernel_sums_and_squares(x, w, _matmul(cands - mean, whitening.T), whitening, mean)[0][None]
 
 
 @jax.jit
 def _kde_block(centers, x, w, mean, whitening):
-    return jnp.stack(gaussian_kernel_sums_and_squares(x, w, (centers - mean) @ whitening.T, whitening, mean))
+    return jnp.stack(gaussian_kernel_sums_and_squares(x, w, _matmul(centers - mean, whitening.T), whitening, mean))
 
 
 @jax.jit
