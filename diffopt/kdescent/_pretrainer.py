@@ -15,7 +15,11 @@ from jaxtyping import Array, ArrayLike, Complex, Float
 
 from .. import _comm, _npz
 from . import _checks
-from ._kernels import _matmul, fourier_sums_and_squares, gaussian_kernel_sums_and_squares
+from ._kernels import (
+    _matmul,
+    fourier_sums_and_squares,
+    gaussian_kernel_sums_and_squares,
+)
 
 __all__ = ["KPretrainer"]
 
