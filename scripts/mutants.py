@@ -13,7 +13,7 @@ many did. A snippet that is not found (a stale mutant, after the code it
 targets moved) is an error, never "caught". The script exits non-zero if any
 mutant survives, any snippet is missing or any test run errs.
 
-    .venv/bin/python scripts/mutants.py             # every mutant (5 to 8 minutes on 2 cores)
+    .venv/bin/python scripts/mutants.py             # every mutant (10 to 13 minutes on 2 cores)
     .venv/bin/python scripts/mutants.py --check     # only check that every snippet and test is found
     .venv/bin/python scripts/mutants.py --list      # the mutants and their tests
     .venv/bin/python scripts/mutants.py NAME ...    # the mutants whose names contain NAME
@@ -218,6 +218,25 @@ MUTANTS = [
         "        if done == 0:\n",
         "        if False:\n",
         ("tests/test_release_compat.py::test_nonfinite_guess_raises_on_every_rank",),
+    ),
+    Mutant(
+        "kdescent matrix products at the default precision (TF32 on a GPU)",
+        "diffopt/kdescent/_kernels.py",
+        "    return jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST)\n",
+        "    return jnp.matmul(a, b)\n",
+        ("tests/test_kdescent_blocks.py::test_every_matmul_is_full_precision",),
+    ),
+    Mutant(
+        "ECF phase factor as a chain of angle additions (exponential once fused)",
+        "diffopt/kdescent/_kernels.py",
+        "    factors = jnp.prod(jax.lax.complex(jnp.cos(angles), jnp.sin(angles)), axis=1)\n"
+        "    return jnp.real(factors), jnp.imag(factors)\n",
+        "    cos, sin = jnp.cos(angles), jnp.sin(angles)\n"
+        "    re, im = cos[:, 0], sin[:, 0]\n"
+        "    for j in range(1, angles.shape[1]):\n"
+        "        re, im = re * cos[:, j] - im * sin[:, j], re * sin[:, j] + im * cos[:, j]\n"
+        "    return re, im\n",
+        ("tests/test_kdescent_kernels.py::test_many_dimensions_do_not_blow_up_compiled_code",),
     ),
 ]
 
