@@ -31,8 +31,8 @@ GPU_SMALL = block_policy("cuda", 2**26)
 @pytest.fixture(autouse=True)
 def _on_the_cpu():
     """Compute and lower on the CPU, also on a machine with a GPU: these tests
-    compare policies by forcing them, and a GPU would run the CPU policy's
-    float32 matmuls in TF32 and lower for itself by default."""
+    check the CPU lowering of each forced policy, and a jit lowers for the
+    default device."""
     with jax.default_device(jax.devices("cpu")[0]):
         yield
 
@@ -236,11 +236,11 @@ def test_every_matmul_is_full_precision(policy):
     train = rng.normal(size=(400, 10)).astype(np.float32)
     pre = kdescent.KPretrainer.from_training_data(train, num_eval_kernels=5, num_eval_fourier_positions=5)
     texts.append(jax.jit(lambda pre: kdescent.KCalc(pre).whitened_centers).lower(pre).as_text())
-    chol, whit = jnp.eye(10), jnp.eye(10)
-    texts.append(_pretrainer._kde_draws.lower(jax.random.key(0), jax.random.key(1), train, train[:, 0], chol, 9)
+    eye = jnp.eye(10)  # a Cholesky factor and a whitening matrix
+    texts.append(_pretrainer._kde_draws.lower(jax.random.key(0), jax.random.key(1), train, train[:, 0], eye, 9)
                  .as_text())
-    texts.append(_pretrainer._kde_block.lower(train[:5], train, train[:, 0], train[0], whit).as_text())
-    texts.append(_pretrainer._density_block.lower(train[:5], train, train[:, 0], train[0], whit).as_text())
+    for block in (_pretrainer._kde_block, _pretrainer._density_block):
+        texts.append(block.lower(train[:5], train, train[:, 0], train[0], eye).as_text())
     for text in texts:
         dots = [line for line in text.splitlines() if "dot_general" in line]
         assert dots
