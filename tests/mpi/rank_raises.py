@@ -1,6 +1,6 @@
 """Under mpiexec -n 3: rank 1 raises part-way through a multi-rank operation.
 
-Usage: rank_raises.py NRANKS OPERATION, with OPERATION one of
+Usage: rank_raises.py NRANKS OPERATION STAMP_FILE, with OPERATION one of
 
 - sumstats, loss_and_grad, run_adam, run_bfgs: the user's model raises at its
   second evaluation on rank 1 (inside compiled code for all but sumstats);
@@ -9,8 +9,10 @@ Usage: rank_raises.py NRANKS OPERATION, with OPERATION one of
   ``KPretrainer.from_training_data`` gets data with a NaN row, while the
   other ranks go on into the pretraining's collectives.
 
-The raising rank prints ``RAISED_AT <unix time>`` just before it raises, so
-the test can time how long the job takes to end after the raise.
+Just before it raises, the raising rank writes the time (``time.time()``) to
+STAMP_FILE, so the test can time how long the job takes to end after the
+raise. A file, not stdout: ``mpiexec`` may drop a rank's last output lines
+when it tears the job down.
 """
 
 import sys
@@ -25,16 +27,21 @@ from diffopt import kdescent, multigrad, multiswarm
 
 comm = MPI.COMM_WORLD
 assert comm.size == int(sys.argv[1]), f"expected {sys.argv[1]} ranks, running on {comm.size}"
-operation = sys.argv[2]
+operation, stamp_file = sys.argv[2], sys.argv[3]
 rank = comm.rank
 calls = 0
+
+
+def stamp_the_raise():
+    with open(stamp_file, "w") as f:
+        f.write(repr(time.time()))
 
 
 def user_code(x):
     global calls
     calls += 1
     if rank == 1 and calls == 2:
-        print(f"RAISED_AT {time.time()!r}", flush=True)
+        stamp_the_raise()
         raise RuntimeError("boom from the user's model")
     return x
 
@@ -71,7 +78,7 @@ elif operation == "pretrainer":
     for call in (1, 2):
         if rank == 1 and call == 2:
             data[5, 0] = np.nan
-            print(f"RAISED_AT {time.time()!r}", flush=True)
+            stamp_the_raise()
         kdescent.KPretrainer.from_training_data(data, num_pretrain_kernels=100, comm=MPI.COMM_WORLD)
 else:
     raise SystemExit(f"unknown operation {operation!r}")
