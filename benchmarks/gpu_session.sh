@@ -11,7 +11,8 @@
 #
 # 1. benchmarks/bench_gpu.py (issue 15), the released 2.0.0 as the reference;
 # 2. two ranks sharing the GPU (issue 17): the GPU each rank got and the
-#    memory policy diffopt set, then the 2-rank exactness test on the GPU.
+#    memory policy diffopt set, then the 2-rank exactness test on the GPU;
+# 3. benchmarks/kernel_draw.py at N = 1e7: what KCalc's kernel draw costs there.
 # Logs go to $OUT (or /tmp/gpu-session); each step is bounded in time, so
 # whatever finished is kept.
 set -uo pipefail
@@ -27,6 +28,7 @@ step() {  # step NAME SECONDS COMMAND...
     echo "== $name: exit ${PIPESTATUS[0]} after $((SECONDS - t0)) s"
 }
 step bench_gpu 330 "$PY" benchmarks/bench_gpu.py --reference .gpu/diffopt2 --repeats 5
+step kernel_draw 90 "$PY" benchmarks/kernel_draw.py --npoints 10000000
 unset XLA_PYTHON_CLIENT_PREALLOCATE XLA_PYTHON_CLIENT_MEM_FRACTION CUDA_VISIBLE_DEVICES
 export DIFFOPT_MPIEXEC="$MPIEXEC"
 read -r -a LAUNCH <<< "$MPIEXEC"

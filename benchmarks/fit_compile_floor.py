@@ -1,0 +1,107 @@
+"""What a fit's compiled loop adds to the compile of a bare ``value_and_grad``.
+
+    python benchmarks/fit_compile_floor.py [--problem quickstart|advanced] [--rounds 4]
+
+Issue 15 asks a fit's first call to take at most 1.5 x (compile of a bare
+jitted ``value_and_grad`` + nsteps x one call). This script compiles, in one
+process and interleaved over a few rounds (a new constant each round, so that
+no cache answers), the tutorial loss's
+
+1. bare jitted ``value_and_grad``;
+2. ``lax.while_loop`` around it, taking ``optax.sgd`` steps;
+3. the same loop taking ``optax.adam`` steps;
+4. ``kdescent.adam``'s compiled loop without bounds, and
+5. with the tutorial's bounds;
+
+and prints the median XLA compile time of each, and what each adds to (1).
+(2) and (3) are the least any compiled adam loop compiles; the difference
+between (3) and (5) is diffopt's own machinery (bounds, non-finite stop,
+records).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import optax
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_gpu import _tutorial_problem  # noqa: E402
+
+from diffopt import kdescent  # noqa: E402
+
+
+def _compile_seconds(fn, *args) -> float:
+    lowered = jax.jit(fn).lower(*args)
+    start = time.perf_counter()
+    lowered.compile()
+    return time.perf_counter() - start
+
+
+def _loop(ns, opt: optax.GradientTransformation):
+    """``fn(p, key)``: 40 steps of ``opt`` in a ``lax.while_loop``, a new key each step."""
+    value_and_grad = jax.value_and_grad(ns["lossfunc"])
+
+    def fn(p, key):
+        def body(carry):
+            t, p, state = carry
+            _, g = value_and_grad(p, jax.random.fold_in(key, t))
+            updates, state = opt.update(g, state, p)
+            return t + 1, optax.apply_updates(p, updates), state
+
+        return jax.lax.while_loop(lambda c: c[0] < 40, body, (0, p, opt.init(p)))
+
+    return fn
+
+
+def _fit_loop_seconds(ns, extra: float, bounds) -> float:
+    """The longest XLA compile of a 1-step ``kdescent.adam``: its loop's."""
+    seconds = []
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            seconds.append(duration)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        kdescent.adam(ns["lossfunc"], ns["guess"], nsteps=1, param_bounds=bounds,
+                      learning_rate=0.01 + extra, randkey=1, progress=False)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    return max(seconds)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--problem", default="quickstart", choices=("quickstart", "advanced"))
+    parser.add_argument("--rounds", type=int, default=4)
+    args = parser.parse_args()
+    ns = _tutorial_problem(args.problem)
+    guess, key = ns["guess"], jax.random.key(0)
+    value_and_grad = jax.value_and_grad(ns["lossfunc"])
+    cases = {
+        "bare value_and_grad": lambda e: _compile_seconds(
+            lambda p, k: value_and_grad(p * (1 + e), k), guess, key),
+        "while_loop, optax.sgd steps": lambda e: _compile_seconds(_loop(ns, optax.sgd(0.01 + e)), guess, key),
+        "while_loop, optax.adam steps": lambda e: _compile_seconds(_loop(ns, optax.adam(0.01 + e)), guess, key),
+        "kdescent.adam loop, no bounds": lambda e: _fit_loop_seconds(ns, e, None),
+        "kdescent.adam loop, bounds": lambda e: _fit_loop_seconds(ns, e, ns["bounds"]),
+    }
+    seconds = {name: [] for name in cases}
+    for r in range(args.rounds):
+        for i, (name, case) in enumerate(cases.items()):
+            seconds[name].append(case(1e-9 * (1 + r * len(cases) + i)))
+    base = np.median(seconds["bare value_and_grad"])
+    print(f"XLA compile, {args.problem} tutorial loss, median of {args.rounds} ({jax.devices()[0].device_kind}):")
+    for name, values in seconds.items():
+        median = np.median(values)
+        print(f"  {name:32s} {median:.3f} s  (+{median - base:.3f} s)   [{' '.join(f'{v:.3f}' for v in values)}]")
+
+
+if __name__ == "__main__":
+    main()
