@@ -14,9 +14,9 @@ no cache answers), the tutorial loss's
 5. with the tutorial's bounds;
 
 and prints the median XLA compile time of each, and what each adds to (1).
-(2) and (3) are the least any compiled adam loop compiles; the difference
-between (3) and (5) is diffopt's own machinery (bounds, non-finite stop,
-records).
+(3) is about the least any compiled adam loop around this loss compiles; the
+difference between (3) and (5) is diffopt's own machinery (bounds, the
+non-finite stop, records). Figures: benchmarks/README.md.
 """
 
 from __future__ import annotations
