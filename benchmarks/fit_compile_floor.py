@@ -14,6 +14,8 @@ no cache answers), the tutorial loss's
 5. with the tutorial's bounds;
 
 and prints the median XLA compile time of each, and what each adds to (1).
+Then, each in a fresh process, it times the first calls of (1) and (3), and
+prints issue 15's ratio for (3): its first call ÷ (bare compile + 40 x call).
 (3) is about the least any compiled adam loop around this loss compiles; the
 difference between (3) and (5) is diffopt's own machinery (bounds, the
 non-finite stop, records). Figures: benchmarks/README.md.
@@ -22,6 +24,8 @@ non-finite stop, records). Figures: benchmarks/README.md.
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -43,9 +47,8 @@ def _compile_seconds(fn, *args) -> float:
     return time.perf_counter() - start
 
 
-def _loop(ns, opt: optax.GradientTransformation):
+def _loop(value_and_grad, opt: optax.GradientTransformation):
     """``fn(p, key)``: 40 steps of ``opt`` in a ``lax.while_loop``, a new key each step."""
-    value_and_grad = jax.value_and_grad(ns["lossfunc"])
 
     def fn(p, key):
         def body(carry):
@@ -80,15 +83,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--problem", default="quickstart", choices=("quickstart", "advanced"))
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--child", choices=("bare", "adam loop"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     ns = _tutorial_problem(args.problem)
     guess, key = ns["guess"], jax.random.key(0)
     value_and_grad = jax.value_and_grad(ns["lossfunc"])
+    if args.child:
+        _first_call(value_and_grad if args.child == "bare" else _loop(value_and_grad, optax.adam(0.01)), guess, key)
+        return
     cases = {
         "bare value_and_grad": lambda e: _compile_seconds(
             lambda p, k: value_and_grad(p * (1 + e), k), guess, key),
-        "while_loop, optax.sgd steps": lambda e: _compile_seconds(_loop(ns, optax.sgd(0.01 + e)), guess, key),
-        "while_loop, optax.adam steps": lambda e: _compile_seconds(_loop(ns, optax.adam(0.01 + e)), guess, key),
+        "while_loop, optax.sgd steps": lambda e: _compile_seconds(_loop(value_and_grad, optax.sgd(0.01 + e)), guess, key),
+        "while_loop, optax.adam steps": lambda e: _compile_seconds(_loop(value_and_grad, optax.adam(0.01 + e)), guess, key),
         "kdescent.adam loop, no bounds": lambda e: _fit_loop_seconds(ns, e, None),
         "kdescent.adam loop, bounds": lambda e: _fit_loop_seconds(ns, e, ns["bounds"]),
     }
@@ -101,6 +108,33 @@ def main() -> None:
     for name, values in seconds.items():
         median = np.median(values)
         print(f"  {name:32s} {median:.3f} s  (+{median - base:.3f} s)   [{' '.join(f'{v:.3f}' for v in values)}]")
+    # The ratio of issue 15 for the least compiled adam loop, each first call in a fresh process.
+    ratios = []
+    for _ in range(args.rounds):
+        bare, loop = (_child(args.problem, child) for child in ("bare", "adam loop"))
+        ratios.append(loop[0] / (bare[0] - bare[1] + 40 * bare[1]))
+    print(f"  first call of the 40-step adam while_loop / (bare compile + 40 x call), fresh processes: "
+          f"median {np.median(ratios):.2f}   [{' '.join(f'{r:.2f}' for r in ratios)}]")
+
+
+def _first_call(fn, *args) -> None:
+    """Print ``[first call, median later call]`` of ``jax.jit(fn)``, in seconds, as JSON."""
+    jitted = jax.jit(fn)
+    start = time.perf_counter()
+    jax.block_until_ready(jitted(*args))
+    first = time.perf_counter() - start
+    later = []
+    for _ in range(10):
+        start = time.perf_counter()
+        jax.block_until_ready(jitted(*args))
+        later.append(time.perf_counter() - start)
+    print(json.dumps([first, float(np.median(later))]))
+
+
+def _child(problem: str, child: str) -> list[float]:
+    out = subprocess.run([sys.executable, __file__, "--problem", problem, "--child", child],
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
 if __name__ == "__main__":
