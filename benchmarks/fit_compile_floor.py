@@ -27,7 +27,6 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -35,16 +34,13 @@ import numpy as np
 import optax
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_gpu import _tutorial_problem  # noqa: E402
+from bench_gpu import _median_time, _timed, _tutorial_problem  # noqa: E402
 
 from diffopt import kdescent  # noqa: E402
 
 
 def _compile_seconds(fn, *args) -> float:
-    lowered = jax.jit(fn).lower(*args)
-    start = time.perf_counter()
-    lowered.compile()
-    return time.perf_counter() - start
+    return _timed(jax.jit(fn).lower(*args).compile)[0]
 
 
 def _loop(value_and_grad, opt: optax.GradientTransformation):
@@ -120,15 +116,8 @@ def main() -> None:
 def _first_call(fn, *args) -> None:
     """Print ``[first call, median later call]`` of ``jax.jit(fn)``, in seconds, as JSON."""
     jitted = jax.jit(fn)
-    start = time.perf_counter()
-    jax.block_until_ready(jitted(*args))
-    first = time.perf_counter() - start
-    later = []
-    for _ in range(10):
-        start = time.perf_counter()
-        jax.block_until_ready(jitted(*args))
-        later.append(time.perf_counter() - start)
-    print(json.dumps([first, float(np.median(later))]))
+    first, _ = _timed(lambda: jitted(*args))
+    print(json.dumps([first, _median_time(lambda: jitted(*args), 10)]))
 
 
 def _child(problem: str, child: str) -> list[float]:

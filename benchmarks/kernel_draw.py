@@ -28,16 +28,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_kdescent as bk  # noqa: E402
-from bench_gpu import _tutorial_problem  # noqa: E402
+from bench_gpu import _median_time, _timed, _tutorial_problem  # noqa: E402
 
 from diffopt import kdescent  # noqa: E402
 from diffopt._keys import as_key  # noqa: E402
@@ -73,17 +71,9 @@ def _with_draw(draw):
 
 
 def _compile_and_call(fn, args, repeats: int) -> tuple[float, float]:
-    lowered = jax.jit(fn).lower(*args)
-    start = time.perf_counter()
-    compiled = lowered.compile()
-    compile_s = time.perf_counter() - start
+    compile_s, compiled = _timed(jax.jit(fn).lower(*args).compile)
     jax.block_until_ready(compiled(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(compiled(*args))
-        times.append(time.perf_counter() - start)
-    return compile_s, float(np.median(times))
+    return compile_s, _median_time(lambda: compiled(*args), repeats)
 
 
 def _row(label: str, figures: dict) -> None:
