@@ -18,15 +18,20 @@ Then, each in a fresh process, it times the first calls of (1) and (3), and
 prints issue 15's ratio for (3): its first call ÷ (bare compile + 40 x call).
 (3) is about the least any compiled adam loop around this loss compiles; the
 difference between (3) and (5) is diffopt's own machinery (bounds, the
-non-finite stop, records). Figures: benchmarks/README.md.
+non-finite stop, records). Last, from an XLA dump in a fresh process, it
+counts the kernels (fusions, each compiled on its own) of (1), (3) and (5):
+XLA's CPU compile time grows with their number. Figures: benchmarks/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import jax
@@ -44,9 +49,9 @@ def _compile_seconds(fn, *args) -> float:
 
 
 def _loop(value_and_grad, opt: optax.GradientTransformation):
-    """``fn(p, key)``: 40 steps of ``opt`` in a ``lax.while_loop``, a new key each step."""
+    """``loop(p, key)``: 40 steps of ``opt`` in a ``lax.while_loop``, a new key each step."""
 
-    def fn(p, key):
+    def loop(p, key):
         def body(carry):
             t, p, state = carry
             _, g = value_and_grad(p, jax.random.fold_in(key, t))
@@ -55,7 +60,7 @@ def _loop(value_and_grad, opt: optax.GradientTransformation):
 
         return jax.lax.while_loop(lambda c: c[0] < 40, body, (0, p, opt.init(p)))
 
-    return fn
+    return loop
 
 
 def _fit_loop_seconds(ns, extra: float, bounds) -> float:
@@ -79,11 +84,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--problem", default="quickstart", choices=("quickstart", "advanced"))
     parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--child", choices=("bare", "adam loop"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=("bare", "adam loop", "kernels"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     ns = _tutorial_problem(args.problem)
     guess, key = ns["guess"], jax.random.key(0)
     value_and_grad = jax.value_and_grad(ns["lossfunc"])
+    if args.child == "kernels":
+        jax.block_until_ready(jax.jit(value_and_grad)(guess, key))
+        jax.block_until_ready(jax.jit(_loop(value_and_grad, optax.adam(0.01)))(guess, key))
+        _fit_loop_seconds(ns, 0.0, ns["bounds"])
+        return
     if args.child:
         _first_call(value_and_grad if args.child == "bare" else _loop(value_and_grad, optax.adam(0.01)), guess, key)
         return
@@ -111,6 +121,33 @@ def main() -> None:
         ratios.append(loop[0] / (bare[0] - bare[1] + 40 * bare[1]))
     print(f"  first call of the 40-step adam while_loop / (bare compile + 40 x call), fresh processes: "
           f"median {np.median(ratios):.2f}   [{' '.join(f'{r:.2f}' for r in ratios)}]")
+    kernels = _kernel_counts(args.problem)
+    print("  kernels (fusions XLA compiles one by one; fresh process, XLA dump):")
+    for name in ("bare value_and_grad", "while_loop, optax.adam steps", "kdescent.adam loop, bounds"):
+        total, outside = kernels[name]
+        print(f"    {name:32s} {total:4d}, {1e3 * np.median(seconds[name]) / total:.1f} ms of compile each"
+              + (f"; {outside} outside the loop (computed once per call)" if name != "bare value_and_grad" else ""))
+
+
+# An instruction of an optimised HLO module that is a fusion: one kernel.
+_FUSION = re.compile(r"^\s*\S+ = .* fusion\(", re.MULTILINE)
+
+
+def _kernel_counts(problem: str) -> dict[str, tuple[int, int]]:
+    """``(kernels, kernels outside the loop)`` of programs (1), (3) and (5), from an XLA dump."""
+    with tempfile.TemporaryDirectory() as dump:
+        flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_dump_to={dump} --xla_dump_hlo_as_text"
+        subprocess.run([sys.executable, __file__, "--problem", problem, "--child", "kernels"],
+                       env=dict(os.environ, XLA_FLAGS=flags), capture_output=True, text=True, check=True)
+        counts = {}
+        for program, module in (("bare value_and_grad", "jit_lossfunc"), ("while_loop, optax.adam steps", "jit_loop"),
+                                ("kdescent.adam loop, bounds", "jit__run_steps")):
+            (path,) = Path(dump).glob(f"*.{module}.*after_optimizations.txt")
+            text = path.read_text()
+            entry = text[text.index("\nENTRY"):]
+            entry = entry[: entry.index("\n}")]
+            counts[program] = (len(_FUSION.findall(text)), len(_FUSION.findall(entry)))
+    return counts
 
 
 def _first_call(fn, *args) -> None:
