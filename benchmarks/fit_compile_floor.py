@@ -89,7 +89,7 @@ def main() -> None:
     ns = _tutorial_problem(args.problem)
     guess, key = ns["guess"], jax.random.key(0)
     value_and_grad = jax.value_and_grad(ns["lossfunc"])
-    if args.child == "kernels":
+    if args.child == "kernels":  # compile (1), (3) and (5), for _kernel_counts' XLA dump
         jax.block_until_ready(jax.jit(value_and_grad)(guess, key))
         jax.block_until_ready(jax.jit(_loop(value_and_grad, optax.adam(0.01)))(guess, key))
         _fit_loop_seconds(ns, 0.0, ns["bounds"])
