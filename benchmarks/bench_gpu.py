@@ -101,6 +101,7 @@ def kernels_section(npoints_list, repeats):
             "matmul tangents": accel._replace(matmul_tangents=True),
             "no remat of 1 block": accel._replace(remat_one_block=False),
             "poly sin/cos": accel._replace(fast_sincos=True),
+            "no cotangent barrier": accel._replace(separate_point_cotangents=False),
         }
     print(f"1. kde + Fourier value_and_grad, 3-D, {kcalc.num_eval_kernels} kernels + "
           f"{kcalc.num_eval_fourier_positions} Fourier positions (padded to 32 each), "

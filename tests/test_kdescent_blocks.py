@@ -26,6 +26,8 @@ CPU = block_policy("cpu")
 GPU = block_policy("cuda", H200_BYTES)
 # The GPU policy on a card so small that N x K no longer fits one block.
 GPU_SMALL = block_policy("cuda", 2**26)
+# The GPU policy with and without its barrier on the points' cotangents.
+GPU_BARRIERS = [GPU, GPU._replace(separate_point_cotangents=False)]
 
 
 @pytest.fixture(autouse=True)
@@ -43,6 +45,7 @@ def test_policy_sizes():
     # GPU: the block's arrays (16 float32 ones assumed) may use 1/8 of the memory.
     assert GPU.block_elements == H200_BYTES // 8 // 64
     assert GPU.remat_one_block and not GPU.fast_sincos and not GPU.matmul_tangents
+    assert GPU.separate_point_cotangents and not CPU.separate_point_cotangents
     # The issue's figure: N = 1e7 points, 30 kernels (padded to 32), in two blocks on an H200 ...
     chunk = default_chunk_size(32, GPU)
     assert _kernels._chunking(10_000_000, chunk)[0] == 2
@@ -87,12 +90,14 @@ def test_gpu_policy_agrees_with_cpu_float64():
     with jax.enable_x64(True):
         args = _problem(jnp.float64)
         want = _evaluate(CPU, args, hessian=True)
-        for policy, chunk_size in ((GPU, None), (GPU_SMALL, None), (GPU, 700)):  # 700: the user's override
+        # 700: the user's override.
+        for policy, chunk_size in [(policy, None) for policy in GPU_BARRIERS] + [(GPU_SMALL, None), (GPU, 700)]:
             for got, ref in zip(_evaluate(policy, args, chunk_size, hessian=chunk_size is None), want):
                 np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("change", [{"matmul_tangents": False}, {"fast_sincos": False}, {"remat_one_block": True}])
+@pytest.mark.parametrize("change", [{"matmul_tangents": False}, {"fast_sincos": False}, {"remat_one_block": True},
+                                    {"separate_point_cotangents": True}])
 def test_each_policy_choice_agrees_float64(change):
     with jax.enable_x64(True):
         args = _problem(jnp.float64)
@@ -100,7 +105,7 @@ def test_each_policy_choice_agrees_float64(change):
             np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("policy", [GPU, GPU_SMALL])
+@pytest.mark.parametrize("policy", [*GPU_BARRIERS, GPU_SMALL])
 def test_gpu_policy_agrees_with_cpu_float32(policy):
     args = _problem(jnp.float32)
     for got, want in zip(_evaluate(policy, args), _evaluate(CPU, args)):
@@ -126,6 +131,17 @@ def test_gpu_policy_runs_one_block_and_cpu_loops():
     assert "stablehlo.while" not in _lowered(GPU, n).as_text()
     assert "stablehlo.while" in _lowered(GPU_SMALL, n).as_text()
     assert "stablehlo.while" in _lowered(GPU, n, chunk_size=100_000).as_text()
+
+
+def test_gpu_policy_separates_the_point_cotangents():
+    """Under the GPU policy the reverse pass of each of the loss's three sums
+    writes the points' cotangents out through an optimisation barrier (see
+    BlockPolicy.separate_point_cotangents); the CPU policy does not."""
+    def barriers(policy):
+        return _lowered(policy, 10_000).as_text().count("stablehlo.optimization_barrier")
+
+    assert barriers(GPU) == barriers(GPU._replace(separate_point_cotangents=False)) + 3
+    assert barriers(CPU._replace(separate_point_cotangents=True)) == barriers(CPU) + 3
 
 
 def test_on_a_machine_with_a_gpu_the_cpu_still_runs_the_cpu_policy(monkeypatch):

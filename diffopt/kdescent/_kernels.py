@@ -78,9 +78,9 @@ class BlockPolicy(NamedTuple):
     """How the fused sums block their points on one platform.
 
     The accelerator choices (one block, recompute, exact sine/cosine,
-    elementwise tangents) follow from how GPUs work and are tested for
-    equal results on CPU; their speed on a GPU is what
-    ``benchmarks/bench_gpu.py`` measures, next to the alternatives.
+    elementwise tangents, separate point cotangents) follow from how GPUs
+    work and are tested for equal results on CPU; their speed on a GPU is
+    what ``benchmarks/bench_gpu.py`` measures, next to the alternatives.
 
     Attributes
     ----------
@@ -101,12 +101,22 @@ class BlockPolicy(NamedTuple):
         fastest with XLA's CPU backend: 1.8x for the kernel counts) rather
         than elementwise, whose transpose is a few reductions that a GPU
         can fuse with the block's computation.
+    separate_point_cotangents : bool
+        Pass the points' tangents through ``lax.optimization_barrier``, whose
+        transpose makes the reverse pass write the points' cotangents out as
+        one ``N x D`` array before the caller's code uses them. Without it,
+        XLA's GPU backend fused the per-coordinate columns they are summed
+        from into the caller's reduction over the points (typically the
+        parameters' gradient) and ran that reduction at about 0.3 TB/s: on
+        an H200 at N = 1e7 the kde + Fourier ``value_and_grad`` took 6.30 ms
+        without the barrier and 5.32 ms with it (``benchmarks/bench_gpu.py``).
     """
 
     block_elements: int
     remat_one_block: bool
     fast_sincos: bool
     matmul_tangents: bool
+    separate_point_cotangents: bool = False
 
 
 def block_policy(platform: str, memory_bytes: int | None = None) -> BlockPolicy:
@@ -135,7 +145,11 @@ def block_policy(platform: str, memory_bytes: int | None = None) -> BlockPolicy:
     memory = _FALLBACK_DEVICE_MEMORY if memory_bytes is None else int(memory_bytes)
     elements = int(memory * _DEVICE_MEMORY_FRACTION) // (4 * _LIVE_BLOCK_ARRAYS)
     return BlockPolicy(
-        max(_CPU_BLOCK_ELEMENTS, elements), remat_one_block=True, fast_sincos=False, matmul_tangents=False
+        max(_CPU_BLOCK_ELEMENTS, elements),
+        remat_one_block=True,
+        fast_sincos=False,
+        matmul_tangents=False,
+        separate_point_cotangents=True,
     )
 
 
@@ -178,11 +192,14 @@ class _Plan(NamedTuple):
     remat_one_block: bool
     fast_sincos: bool
     matmul_tangents: bool
+    separate_point_cotangents: bool
 
 
 def _plan(policy: BlockPolicy, num_kernels: int, chunk_size: int | None) -> _Plan:
     chunk = default_chunk_size(num_kernels, policy) if chunk_size is None else int(chunk_size)
-    return _Plan(chunk, policy.remat_one_block, policy.fast_sincos, policy.matmul_tangents)
+    return _Plan(
+        chunk, policy.remat_one_block, policy.fast_sincos, policy.matmul_tangents, policy.separate_point_cotangents
+    )
 
 
 def _on_platform(fn: Callable[..., Any], num_kernels: int, chunk_size: int | None, *args: Any) -> Any:
@@ -401,6 +418,13 @@ def _is_zero(t: Any) -> bool:
     return t is None or isinstance(t, SymbolicZero)
 
 
+def _point_tangents(plan: _Plan, dx: Any, has_dx: bool) -> Array | None:
+    """The points' tangents as the blocks read them (see ``separate_point_cotangents``)."""
+    if not has_dx:
+        return None
+    return jax.lax.optimization_barrier(dx) if plan.separate_point_cotangents else dx
+
+
 # --- the block engine -----------------------------------------------------------
 
 
@@ -578,7 +602,7 @@ def _gauss_jvp(plan, primals, tangents):
             tangent = tangent + _wsum(wc, p * g)
         return {"value": value, "tangent": tangent}
 
-    per_point = (weights, x, dw if has_dw else None, dx if has_dx else None)
+    per_point = (weights, x, dw if has_dw else None, _point_tangents(plan, dx, has_dx))
     out = _chunked_sum(
         body, per_point, (consts, tconsts), plan.chunk, remat=True, remat_one_block=plan.remat_one_block
     )
@@ -725,7 +749,7 @@ def _fourier_jvp(plan, primals, tangents):
             t_im = t_im + _wsum(wc, c * dtheta)
         return {"value": value, "tangent": (t_re, t_im)}
 
-    per_point = (weights, x, dw if has_dw else None, dx if has_dx else None)
+    per_point = (weights, x, dw if has_dw else None, _point_tangents(plan, dx, has_dx))
     out = _fourier_chunked_sum(
         body,
         per_point,
