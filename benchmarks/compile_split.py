@@ -41,10 +41,10 @@ def main() -> None:
         kcalc = kdescent.KCalc(kcalc.pretrainer, chunk_size=n)
     call_args = (jnp.array([0.5, -1.0, 2.0, 1.0, 0.9, 1.2]), bk.points(n), jax.random.key(3))
     fn = bk.fused_loss(kcalc)
-    times = [time.perf_counter()]
     policy = _kernels._accelerator_policy() or _kernels.block_policy("cpu")
     forced = (_kernels._force_policy(policy._replace(separate_point_cotangents=False)) if args.no_barrier
               else contextlib.nullcontext())
+    times = [time.perf_counter()]
     with forced:
         traced = fn.trace(*call_args)
     times.append(time.perf_counter())
@@ -60,8 +60,8 @@ def main() -> None:
         jax.block_until_ready(compiled(*call_args))
         later.append(time.perf_counter() - t0)
     trace, lower, compile_, run = np.diff(times)
-    layout = " (no cotangent barrier)" if args.no_barrier else ""
-    print(f"N = {n:,d}{' (one block)' if args.one_block else ''}{layout} on {jax.devices()[0].device_kind}: "
+    barrier = " (no cotangent barrier)" if args.no_barrier else ""
+    print(f"N = {n:,d}{' (one block)' if args.one_block else ''}{barrier} on {jax.devices()[0].device_kind}: "
           f"trace {trace:.2f} s, lower {lower:.2f} s, compile {compile_:.2f} s, first run {run:.3f} s, "
           f"later calls {np.median(later) * 1e3:.2f} ms; {lowered.as_text().count(chr(10))} lines of StableHLO")
 

@@ -3,9 +3,9 @@
     python benchmarks/profile_kdescent.py [--npoints 10000000] [--calls 5] [--out DIR]
 
 The kde + Fourier ``value_and_grad`` of ``bench_kdescent.py`` (3-D, 30 + 30
-kernels), compiled ahead of time under each variant of this machine's block
-policy (on a machine without an accelerator: the CPU policy, and the GPU
-policy forced onto the CPU). For each variant it prints the compile time,
+kernels), compiled ahead of time under each variant of this machine's
+accelerator block policy (without an accelerator: an 80 GB GPU's policy,
+forced onto the CPU). For each variant it prints the compile time,
 the scratch memory XLA planned (``temp_size_in_bytes``), the median of 10
 calls, and, from a ``jax.profiler`` trace of ``--calls`` calls, the device's
 busiest kernels per call. With ``--out``, the optimised HLO of each variant
