@@ -14,6 +14,11 @@ export PATH="$PWD/.venv/bin:$PATH" MPLBACKEND=Agg
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
     OMPI_MCA_rmaps_base_oversubscribe=1 PRTE_MCA_rmaps_default_mapping_policy=:oversubscribe
 read -r -a MPIEXEC <<< "${DIFFOPT_MPIEXEC:-mpiexec}"
+# An empty TMPDIR of the job's own: Open MPI 5 will not start where a killed
+# job left session files under the process id its mpiexec gets.
+TMPDIR="$(mktemp -d)"
+export TMPDIR
+trap 'rm -rf "$TMPDIR"' EXIT
 mkdir -p out
 # Keep every compiled program in out/jax-cache, as
 # diffopt.enable_compilation_cache("out/jax-cache") does from Python: a second

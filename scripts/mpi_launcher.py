@@ -28,7 +28,9 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 PROBE = """\
@@ -79,6 +81,21 @@ def launcher(environ: Mapping[str, str] | None = None) -> list[str]:
             "site's MPI, or set DIFFOPT_MPIEXEC to the launcher (mpiexec, srun, ...)"
         )
     return [found, *words[1:]]
+
+
+@contextmanager
+def private_tmpdir() -> Iterator[str]:
+    """A new empty folder for ``TMPDIR`` of the jobs started inside the block; removed after it.
+
+    Open MPI 5 keeps a job's session files in ``$TMPDIR/ompi.PID``, PID being
+    the process id of ``mpiexec``. A job killed with its launcher leaves them
+    behind, and a later ``mpiexec`` given the same process id stops at start:
+    "The PMIx server's listener thread failed to start" (exit status 213).
+    Jobs whose ``TMPDIR`` is a fresh folder cannot meet such leftovers, and
+    what a killed job leaves goes with the folder.
+    """
+    with tempfile.TemporaryDirectory(prefix="diffopt-mpi-", ignore_cleanup_errors=True) as folder:
+        yield folder
 
 
 def library_version() -> str:
@@ -136,7 +153,8 @@ def check(timeout: float = 120) -> tuple[bool, str]:
     named = (f"mpi4py ({Path(sys.executable).parent.parent}) uses {library_version()}; the "
              f"launcher {shlex.join(command)} is {launcher_version(command)}")
     probe = [*command, "-n", "2", sys.executable, "-c", PROBE]
-    status, output = run_bounded(probe, timeout, env)
+    with private_tmpdir() as folder:
+        status, output = run_bounded(probe, timeout, {**env, "TMPDIR": folder})
     if status is None:
         return False, (f"a 2-rank job did not finish within {timeout:.0f} s. {named}. They are "
                        f"probably not the same MPI.\n--- output ---\n{output[-3000:]}")

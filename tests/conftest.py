@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,23 @@ import pytest
 TESTS = Path(__file__).parent
 REPO = TESTS.parent
 sys.path.insert(0, str(REPO / "scripts"))
-from mpi_launcher import launcher, mpi_environ  # noqa: E402
+from mpi_launcher import launcher, mpi_environ, private_tmpdir  # noqa: E402
+
+# The temporary folder the test run was started with, shared with every other process here.
+SHARED_TMPDIR = tempfile.gettempdir()
+
+
+@pytest.fixture(autouse=True)
+def private_job_tmpdir(monkeypatch) -> Iterator[Path]:
+    """Each test's processes, MPI jobs included, get a ``TMPDIR`` of their own.
+
+    Session files that a killed Open MPI job left in a shared ``TMPDIR`` stop a
+    later job whose ``mpiexec`` gets the same process id (see
+    ``mpi_launcher.private_tmpdir``).
+    """
+    with private_tmpdir() as folder:
+        monkeypatch.setenv("TMPDIR", folder)
+        yield Path(folder)
 
 
 def mpiexec_path() -> str:

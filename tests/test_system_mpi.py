@@ -15,7 +15,9 @@ only the MPICH prefix (seconds).
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -23,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TESTS, launcher, mpi_command
+from conftest import REPO, SHARED_TMPDIR, TESTS, launcher, mpi_command, mpi_env, run_mpi
 from mpi_launcher import library_version, launcher_version
 
 pytestmark = pytest.mark.mpi
@@ -102,6 +104,35 @@ def test_a_missing_launcher_is_named(tmp_path):
     proc = subprocess.run(CHECK, capture_output=True, text=True, timeout=60, env=env)
     assert proc.returncode == 1
     assert f"DIFFOPT_MPIEXEC='{tmp_path / 'no-such-mpiexec'}' is not on PATH" in proc.stderr
+
+
+def planting_launcher(folder: str) -> str:
+    """A launcher that leaves Open MPI session files of its own process id in ``folder``, then runs ``mpiexec``.
+
+    ``exec`` keeps the process id, so ``mpiexec`` meets the files a killed job
+    of an earlier ``mpiexec`` with that id would have left.
+    """
+    host = socket.gethostname().split(".")[0]
+    plant = (f'mkdir -p "$0/ompi.$$" && : > "$0/ompi.$$/pmix.{host}.tool" && '
+             f'echo "planted $0/ompi.$$" >&2 && exec "$@"')
+    return shlex.join(["sh", "-c", plant, folder, launcher()[0]])
+
+
+def test_session_files_left_in_the_shared_tmpdir_do_not_stop_the_tests_jobs(private_job_tmpdir):
+    assert os.environ["TMPDIR"] == str(private_job_tmpdir) != SHARED_TMPDIR
+    env = mpi_env(DIFFOPT_MPIEXEC=planting_launcher(SHARED_TMPDIR))
+    # The tests' jobs (their own TMPDIR), then the same job with the shared folder as TMPDIR.
+    jobs = [run_mpi(TESTS / "mpi" / "primitives.py", 1, "1", env=job_env, timeout=120, check=False)
+            for job_env in (env, dict(env, TMPDIR=SHARED_TMPDIR))]
+    planted = [job.stderr.split("planted ")[1].split()[0] for job in jobs]
+    for folder in planted:
+        shutil.rmtree(folder, ignore_errors=True)
+    ours, shared = jobs
+    assert ours.returncode == 0, ours.stdout + ours.stderr
+    assert all(Path(folder).parent == Path(SHARED_TMPDIR) for folder in planted), planted
+    if "Open MPI" in library_version():
+        assert shared.returncode == 213, shared.stdout + shared.stderr
+        assert "The PMIx server's listener thread failed to start" in shared.stderr
 
 
 # --- setup --system-mpi against the second MPI (minutes) ----------------------------------------
