@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, SHARED_TMPDIR, TESTS, launcher, mpi_command, mpi_env, run_mpi
-from mpi_launcher import library_version, launcher_version
+from mpi_launcher import launcher_version, library_version
 
 pytestmark = pytest.mark.mpi
 CHECK = [sys.executable, str(REPO / "scripts" / "mpi_launcher.py")]
