@@ -62,8 +62,12 @@ FAILS_ON_PURPOSE = "# fails on purpose"
 # Printed at the end of each Python block, to tell the blocks' outputs apart.
 BLOCK_SEPARATOR = "<<<end of a docs block>>>"
 OPEN_MPI_NOTICE = re.compile(r"^ ?-{70,}\n.*?^-{70,}\n", re.M | re.S)
-# One process alone may use every core; MPI ranks get one XLA thread each.
-SINGLE_PROCESS_ENV = mpi_env(threads_per_rank=0, MPLBACKEND="Agg")
+
+
+def single_process_env() -> dict:
+    """One process alone may use every core (MPI ranks get one XLA thread each); taken when run, with its TMPDIR."""
+    return mpi_env(threads_per_rank=0, MPLBACKEND="Agg")
+
 
 # Before the page's blocks: figures are saved, not shown.
 PRELUDE = """\
@@ -181,7 +185,7 @@ def run_command(line: str, root: Path, workdir: Path, timeout: float) -> str:
                        check=not should_fail, env=mpi_env(MPLBACKEND="Agg"), cwd=workdir)
     elif words[0] == "python":
         proc = subprocess.run([sys.executable, root / words[1], *words[2:]], capture_output=True,
-                              text=True, timeout=timeout, env=SINGLE_PROCESS_ENV, cwd=workdir)
+                              text=True, timeout=timeout, env=single_process_env(), cwd=workdir)
         if proc.returncode and not should_fail:
             raise RuntimeError(f"{line} exited with {proc.returncode}\n{proc.stdout[-5000:]}{proc.stderr[-5000:]}")
     else:
@@ -214,7 +218,7 @@ def run_page(page: Path, root: Path, workdir: Path, images: Path, keep: tuple[st
         program = PRELUDE.format(page=page.stem) + "".join(f"{b.code}\n{BLOCK_END}" for b in python)
         program += EPILOGUE.format(keep=tuple(keep))
         proc = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
-                              timeout=timeout, env=SINGLE_PROCESS_ENV, cwd=workdir)
+                              timeout=timeout, env=single_process_env(), cwd=workdir)
         if proc.returncode:
             raise RuntimeError(f"the Python blocks of {page.name} failed\n{proc.stdout[-5000:]}{proc.stderr[-8000:]}")
         printed = proc.stdout.split(BLOCK_SEPARATOR + "\n")
