@@ -241,15 +241,15 @@ MUTANTS = [
     Mutant(
         "kdescent GPU policy without the barrier on the points' cotangents",
         "diffopt/kdescent/_kernels.py",
-        "    return jax.lax.optimization_barrier(dx) if plan.separate_point_cotangents else dx\n",
+        "    return jax.lax.optimization_barrier(dx) if plan.policy.separate_point_cotangents else dx\n",
         "    return dx\n",
         ("tests/test_kdescent_blocks.py::test_gpu_policy_separates_the_point_cotangents",),
     ),
     Mutant(
         "kdescent points' tangents scaled by 1 + 1e-7 behind the barrier",
         "diffopt/kdescent/_kernels.py",
-        "    return jax.lax.optimization_barrier(dx) if plan.separate_point_cotangents else dx\n",
-        "    return jax.lax.optimization_barrier(dx * (1 + 1e-7)) if plan.separate_point_cotangents else dx\n",
+        "    return jax.lax.optimization_barrier(dx) if plan.policy.separate_point_cotangents else dx\n",
+        "    return jax.lax.optimization_barrier(dx * (1 + 1e-7)) if plan.policy.separate_point_cotangents else dx\n",
         (
             "tests/test_kdescent_blocks.py::test_gpu_policy_agrees_with_cpu_float64",
             "tests/test_kdescent_blocks.py::test_each_policy_choice_agrees_float64[change3]",

@@ -188,18 +188,15 @@ def _force_policy(policy: BlockPolicy) -> Iterator[None]:
 
 
 class _Plan(NamedTuple):
+    """A policy applied to one problem: its points per block, and its other choices."""
+
     chunk: int
-    remat_one_block: bool
-    fast_sincos: bool
-    matmul_tangents: bool
-    separate_point_cotangents: bool
+    policy: BlockPolicy
 
 
 def _plan(policy: BlockPolicy, num_kernels: int, chunk_size: int | None) -> _Plan:
     chunk = default_chunk_size(num_kernels, policy) if chunk_size is None else int(chunk_size)
-    return _Plan(
-        chunk, policy.remat_one_block, policy.fast_sincos, policy.matmul_tangents, policy.separate_point_cotangents
-    )
+    return _Plan(chunk, policy)
 
 
 def _on_platform(fn: Callable[..., Any], num_kernels: int, chunk_size: int | None, *args: Any) -> Any:
@@ -422,7 +419,7 @@ def _point_tangents(plan: _Plan, dx: Any, has_dx: bool) -> Array | None:
     """The points' tangents as the blocks read them (see ``separate_point_cotangents``)."""
     if not has_dx:
         return None
-    return jax.lax.optimization_barrier(dx) if plan.separate_point_cotangents else dx
+    return jax.lax.optimization_barrier(dx) if plan.policy.separate_point_cotangents else dx
 
 
 # --- the block engine -----------------------------------------------------------
@@ -581,7 +578,7 @@ def _gauss_jvp(plan, primals, tangents):
         tangent = jnp.zeros_like(value)
         if has_dw:
             tangent = tangent + _wsum(dwc, p)
-        if (has_du or has_dv) and plan.matmul_tangents:
+        if (has_du or has_dv) and plan.policy.matmul_tangents:
             a = p if wc is None else wc[:, None] * p
             if has_du:
                 du = _gauss_du(u, xc, whitening, shift, dxc, dW, ds)
@@ -604,7 +601,7 @@ def _gauss_jvp(plan, primals, tangents):
 
     per_point = (weights, x, dw if has_dw else None, _point_tangents(plan, dx, has_dx))
     out = _chunked_sum(
-        body, per_point, (consts, tconsts), plan.chunk, remat=True, remat_one_block=plan.remat_one_block
+        body, per_point, (consts, tconsts), plan.chunk, remat=True, remat_one_block=plan.policy.remat_one_block
     )
     return out["value"], out["tangent"]
 
@@ -688,7 +685,7 @@ def gaussian_kernel_sums_and_squares(x, weights, centres, whitening, shift, *, c
 def _fourier_chunked_sum(body, per_point, consts, plan: _Plan, phases, **kwargs):
     """:func:`_chunked_sum` of a Fourier ``body(fast, ...)``: with the range
     check where the polynomial sine/cosine may be used, else exact."""
-    if plan.fast_sincos and phases[0].dtype == jnp.float32:
+    if plan.policy.fast_sincos and phases[0].dtype == jnp.float32:
         return _chunked_sum(body, per_point, consts, plan.chunk, phases=phases, **kwargs)
     return _chunked_sum(functools.partial(body, False), per_point, consts, plan.chunk, **kwargs)
 
@@ -718,7 +715,7 @@ def _fourier_jvp(plan, primals, tangents):
         t_re, t_im = jnp.zeros_like(value[0]), jnp.zeros_like(value[1])
         if has_dw:
             t_re, t_im = t_re + _wsum(dwc, c), t_im + _wsum(dwc, s)
-        if (has_dx or has_ds or has_dk) and plan.matmul_tangents:
+        if (has_dx or has_ds or has_dk) and plan.policy.matmul_tangents:
             ws = s if wc is None else wc[:, None] * s
             wc_ = c if wc is None else wc[:, None] * c
             if has_dx or has_ds:
@@ -757,7 +754,7 @@ def _fourier_jvp(plan, primals, tangents):
         plan,
         (x, kvecs, shift),
         remat=True,
-        remat_one_block=plan.remat_one_block,
+        remat_one_block=plan.policy.remat_one_block,
     )
     return out["value"], out["tangent"]
 
